@@ -1,0 +1,25 @@
+"""saliency_jax: what an image classifier looks at, as pure, jit-compiled JAX functions.
+
+Re-implements Simonyan, Vedaldi & Zisserman (2014), "Deep Inside Convolutional
+Networks: Visualising Image Classification Models and Saliency Maps", on
+pretrained Flax ConvNets (default: EfficientNet-Lite0, ImageNet).
+
+The contract shared by every method is the logit function
+`logit_fn(x[H,W,C]) -> logits[K]` (unnormalised scores); `Model.logit_fn` is one.
+"""
+
+from saliency_jax.images import ImageError, bundled_images, load_image
+from saliency_jax.models import available_models, imagenet_labels, load_model
+from saliency_jax.models.model import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ImageError",
+    "Model",
+    "available_models",
+    "bundled_images",
+    "imagenet_labels",
+    "load_image",
+    "load_model",
+]

@@ -1,0 +1,366 @@
+"""Host-side image I/O: read any image Pillow can decode as RGB uint8, batch it, save it.
+
+Everything here is NumPy + Pillow and runs outside ``jit``. The contract at the
+edge of the library is simple: images are ``uint8 [H,W,3]`` RGB (one image) or
+``uint8 [B,h,w,3]`` (a batch resized to the model's input size). Model-specific
+normalisation happens later, on device.
+
+Example:
+  >>> paths = bundled_images()
+  >>> batch = to_uint8_batch([load_image(p) for p in paths.values()], (224, 224))
+  >>> batch.shape, batch.dtype
+  ((4, 224, 224, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import pathlib
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "ImageError",
+    "bundled_images",
+    "load_image",
+    "save_image",
+    "to_uint8_batch",
+]
+
+_SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+class ImageError(ValueError):
+    """An image file that cannot be read; the message names the path and the reason.
+
+    Raised for a missing file too (not ``FileNotFoundError``), so callers catch one type.
+    """
+
+
+def _fail(path: pathlib.Path, reason: str) -> ImageError:
+    reason = " ".join(str(reason).split())  # keep the message on one line
+    return ImageError(f"cannot read image {str(path)!r}: {reason}")
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as RGB.
+
+    Every mode Pillow decodes becomes RGB: grayscale and 1-bit are repeated over
+    three channels; palette, CMYK, YCbCr and the like are converted by Pillow;
+    16-bit grayscale keeps its top 8 bits (``v >> 8``, not clipping); 32-bit
+    integer and float grayscale are scaled as described in ``_high_depth_to_uint8``.
+    Images with alpha (RGBA, LA, PA, or a palette/colour-key transparency) are
+    composited onto a white background and the alpha is dropped. The EXIF
+    orientation is applied. Multi-frame files give their first frame.
+
+    Args:
+      path: file path, ``str`` or ``os.PathLike``.
+
+    Returns:
+      ``uint8 [H,W,3]`` RGB array, ``H, W`` after EXIF rotation.
+
+    Raises:
+      ImageError: the file is missing, empty, a directory, not an image Pillow can
+        decode, truncated or corrupt. The message is one line naming the path.
+    """
+    path = pathlib.Path(os.fspath(path))
+    if path.is_dir():
+        raise _fail(path, "is a directory")
+    if not path.exists():
+        raise _fail(path, "no such file")
+    try:
+        if path.stat().st_size == 0:
+            raise _fail(path, "file is empty (0 bytes)")
+    except OSError as e:
+        raise _fail(path, e.strerror or e) from e
+
+    try:
+        image = Image.open(path)
+    except UnidentifiedImageError as e:
+        raise _fail(path, "not an image file Pillow can decode") from e
+    except PermissionError as e:
+        raise _fail(path, "permission denied") from e
+    except Image.DecompressionBombError as e:
+        raise _fail(path, f"image is too large ({e})") from e
+    except FileNotFoundError as e:  # removed since the check above
+        raise _fail(path, "no such file") from e
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any decoder failure on a bad header
+        raise _fail(path, f"image data is truncated or corrupt ({e})") from e
+
+    with image:  # closes the file even when decoding fails
+        try:
+            image.load()  # full decode here, so truncation fails now, not later
+        except Image.DecompressionBombError as e:
+            raise _fail(path, f"image is too large ({e})") from e
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, EOFError, ...
+            raise _fail(path, f"image data is truncated or corrupt ({e})") from e
+        tiff_bits = _tiff_bits(image)  # read before exif_transpose drops the tags
+        try:
+            rotated = ImageOps.exif_transpose(image)
+        except Exception as e:  # noqa: BLE001 - malformed EXIF, pixels are fine
+            warnings.warn(
+                f"ignoring unreadable EXIF orientation of {str(path)!r}: {e}", stacklevel=2
+            )
+            rotated = image
+        try:
+            return _pil_to_rgb(rotated, tiff_bits=tiff_bits)
+        except ValueError as e:
+            raise _fail(path, e) from e
+
+
+def _tiff_bits(image: Image.Image) -> int | None:
+    """BitsPerSample declared by a TIFF file, else ``None``."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = tags.get(258)
+    if isinstance(bits, tuple):
+        bits = bits[0] if bits else None
+    return int(bits) if bits else None
+
+
+def _pil_to_rgb(image: Image.Image, *, tiff_bits: int | None = None) -> np.ndarray:
+    """Any Pillow image -> ``uint8 [H,W,3]`` RGB (see ``load_image`` for the rules)."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        gray = _high_depth_to_uint8(np.asarray(image), mode, tiff_bits)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if mode == "RGB" and "transparency" not in image.info:
+        return np.asarray(image, dtype=np.uint8).copy()
+
+    has_alpha = "A" in image.getbands() or "a" in image.getbands()
+    if has_alpha or "transparency" in image.info:
+        try:
+            rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
+        except ValueError as e:
+            raise ValueError(f"unsupported image mode {mode!r} ({e})") from e
+        alpha = rgba[:, :, 3:]
+        # Composite over white, rounded: rgb * a/255 + 255 * (1 - a/255).
+        out = (rgba[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
+        return out.astype(np.uint8)
+    try:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except ValueError as e:
+        raise ValueError(f"unsupported image mode {mode!r} ({e})") from e
+
+
+def _high_depth_to_uint8(
+    values: np.ndarray, mode: str, tiff_bits: int | None
+) -> np.ndarray:
+    """Scales one-channel 16/32-bit integer or float pixels ``[H,W]`` to ``uint8 [H,W]``.
+
+    * ``I;16*``: 16-bit, ``v >> 8``.
+    * ``I`` (32-bit signed container): 16-bit data (``v >> 8``) unless a TIFF
+      declares more than 16 bits or a value exceeds 65535, then 32-bit
+      (``v >> 24``); negative values become 0.
+    * ``F``: values in [0, 1] are scaled by 255; values in [0, 255] are kept
+      (Pillow's own convention); any other range is stretched min..max to 0..255.
+      NaN becomes the minimum and +-inf are clipped.
+    """
+    if mode == "F":
+        v = values.astype(np.float64)
+        finite = v[np.isfinite(v)]
+        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        v = np.nan_to_num(v, nan=lo)  # NaN -> the darkest value; +-inf clip below
+        if lo >= 0.0 and hi <= 1.0:
+            v = v * 255.0
+        elif not (lo >= 0.0 and hi <= 255.0):
+            v = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
+        return np.clip(np.rint(v), 0, 255).astype(np.uint8)
+
+    v = np.clip(values.astype(np.int64), 0, None)
+    if mode.startswith("I;16"):
+        bits = 16
+    elif (tiff_bits is not None and tiff_bits > 16) or (v.size and v.max() > 0xFFFF):
+        bits = 32
+    else:
+        bits = 16
+    return (v >> (bits - 8)).astype(np.uint8)
+
+
+def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
+    """``uint8 [..., C]`` with C in 1/3/4 (or ``[H,W]``) -> ``uint8 [..., 3]``."""
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"{where}: expected uint8 pixels in 0..255, got dtype {array.dtype}; "
+            "convert first, e.g. np.clip(np.rint(x), 0, 255).astype(np.uint8)"
+        )
+    channels = array.shape[-1]
+    if channels == 3:
+        return array
+    if channels == 1:
+        return np.repeat(array, 3, axis=-1)
+    if channels == 4:
+        return array[..., :3]  # alpha dropped, not composited
+    hint = "; a [B,H,W] grayscale batch needs a channel axis: x[..., None]" if array.ndim == 3 else ""
+    raise ValueError(
+        f"{where}: expected 1, 3 or 4 channels in the last axis, got {channels} "
+        f"(shape {array.shape}){hint}"
+    )
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``uint8 [H,W,3]`` -> ``uint8 [h,w,3]`` with Pillow's BILINEAR filter."""
+    if image.shape[:2] == tuple(size):
+        return image
+    height, width = size
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
+
+
+def to_uint8_batch(
+    images: np.ndarray | Image.Image | Sequence[np.ndarray | Image.Image],
+    size: tuple[int, int],
+) -> np.ndarray:
+    """Stacks images into one RGB batch of a fixed size.
+
+    Each image is resized as a whole (no crop, aspect ratio not kept) to
+    ``size`` with Pillow's BILINEAR filter, which antialiases when shrinking; an
+    image already of that size is passed through unchanged.
+
+    Args:
+      images: one of
+        * ``uint8 [B,H,W,C]`` or ``uint8 [H,W,C]`` (a single image, B = 1), or
+          ``uint8 [H,W]`` grayscale; C is 1, 3 or 4 (4: the alpha is dropped);
+        * a ``PIL.Image.Image`` (converted as by ``load_image``: alpha composited
+          onto white, 16-bit scaled);
+        * a list or tuple of the above single images, sizes may differ.
+        Float and other non-uint8 arrays are rejected: convert them yourself so
+        the value range is never guessed.
+      size: ``(height, width)`` of the output.
+
+    Returns:
+      ``uint8 [B,height,width,3]`` RGB, a new array.
+
+    Raises:
+      ValueError: empty input, wrong number of dimensions, channel count not
+        1/3/4, non-uint8 dtype, or a bad ``size``.
+      TypeError: a list element that is neither an array nor a PIL image.
+    """
+    size = _check_size(size)
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("to_uint8_batch: got an empty list of images")
+        out = [
+            _resize(_one_image(x, f"to_uint8_batch: images[{i}]"), size)
+            for i, x in enumerate(images)
+        ]
+        return np.stack(out)
+    if isinstance(images, Image.Image):
+        return _resize(_pil_to_rgb(images), size)[None].copy()
+
+    array = np.asarray(images)
+    if array.ndim in (2, 3):
+        return _resize(_one_image(array, "to_uint8_batch"), size)[None].copy()
+    if array.ndim != 4:
+        raise ValueError(
+            "to_uint8_batch: expected [B,H,W,C], [H,W,C] or [H,W] images, "
+            f"got an array of shape {array.shape}"
+        )
+    if array.shape[0] == 0:
+        raise ValueError(f"to_uint8_batch: got an empty batch (shape {array.shape})")
+    array = _array_to_rgb(array, "to_uint8_batch")
+    if array.shape[1:3] == size:
+        return np.array(array, order="C")
+    return np.stack([_resize(x, size) for x in array])
+
+
+def _one_image(x: np.ndarray | Image.Image, where: str) -> np.ndarray:
+    """A single PIL image or array ``[H,W]`` / ``[H,W,C]`` -> ``uint8 [H,W,3]``."""
+    if isinstance(x, Image.Image):
+        return _pil_to_rgb(x)
+    if isinstance(x, (str, os.PathLike)):
+        raise TypeError(f"{where}: got a path {x!r}; read it with load_image first")
+    try:
+        array = np.asarray(x)
+    except Exception as e:  # noqa: BLE001
+        raise TypeError(f"{where}: expected a uint8 array or PIL image, got {type(x)}") from e
+    if array.dtype == object:
+        raise TypeError(f"{where}: expected a uint8 array or PIL image, got {type(x)}")
+    if array.ndim == 2:
+        array = array[:, :, None]
+    elif array.ndim != 3:
+        raise ValueError(
+            f"{where}: expected one image [H,W,C] or [H,W], got shape {array.shape}"
+        )
+    if 0 in array.shape[:2]:
+        raise ValueError(f"{where}: image has zero size (shape {array.shape})")
+    return _array_to_rgb(array, where)
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        height, width = (int(s) for s in size)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"size must be (height, width), got {size!r}") from e
+    if height <= 0 or width <= 0:
+        raise ValueError(f"size must be positive (height, width), got {size!r}")
+    return height, width
+
+
+def save_image(path: str | os.PathLike, image: np.ndarray) -> pathlib.Path:
+    """Writes ``uint8 [H,W,3]`` RGB (or ``[H,W]`` gray, or ``[H,W,4]`` RGBA to PNG).
+
+    The format follows the suffix: ``.png`` (lossless) or ``.jpg``/``.jpeg``
+    (quality 95). Missing parent directories are created.
+
+    Args:
+      path: destination file.
+      image: ``uint8 [H,W,3]``, ``[H,W]``, ``[H,W,1]`` or, for PNG, ``[H,W,4]``.
+
+    Returns:
+      The path written, as ``pathlib.Path``.
+
+    Raises:
+      ValueError: unknown suffix, non-uint8 dtype, or a bad shape.
+    """
+    path = pathlib.Path(os.fspath(path))
+    fmt = _SAVE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(
+            f"save_image: cannot tell the format of {str(path)!r}; "
+            "use a .png, .jpg or .jpeg suffix"
+        )
+    array = np.asarray(image)
+    if array.dtype != np.uint8:
+        raise ValueError(
+            f"save_image: expected uint8 pixels, got dtype {array.dtype}; "
+            "convert first, e.g. np.clip(np.rint(x), 0, 255).astype(np.uint8)"
+        )
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[:, :, 0]
+    allowed = (3, 4) if fmt == "PNG" else (3,)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in allowed)):
+        raise ValueError(
+            f"save_image: cannot write shape {np.shape(image)} as {fmt}; expected "
+            f"[H,W], [H,W,1] or [H,W,{'3|4' if fmt == 'PNG' else '3'}]"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(np.ascontiguousarray(array)).save(path, fmt, **options)
+    return path
+
+
+def bundled_images() -> dict[str, pathlib.Path]:
+    """The example images shipped with the package.
+
+    Returns:
+      ``{name: path}`` for ``saliency_jax/assets/images/*.jpg`` (astronaut,
+      chelsea, coffee, rocket), sorted by name.
+    """
+    root = importlib.resources.files("saliency_jax") / "assets" / "images"
+    files = sorted(
+        (f for f in root.iterdir() if f.name.lower().endswith(".jpg")),
+        key=lambda f: f.name,
+    )
+    return {f.name.rsplit(".", 1)[0]: pathlib.Path(str(f)) for f in files}

@@ -1,0 +1,139 @@
+"""`Model`: a classifier as data — a Flax module, its variables, and how to feed it.
+
+A `Model` is a pytree whose only leaves are its variables, so it can be passed
+through `jax.jit`, `jax.tree.map` (e.g. to randomise weights) and sharded like
+any other pytree. Everything else (module, preprocessing constants, labels,
+layer names) is static metadata.
+
+The library-wide contract is the *logit function*: a pure per-image callable
+`logit_fn(x[H,W,C]) -> logits[K]` returning unnormalised class scores (never
+softmax). `Model.logit_fn` is one; any JAX callable of that shape works with
+every method in this package. Batch with `jax.vmap`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saliency_jax import images as _images
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=["variables"],
+    meta_fields=["name", "module", "input_size", "mean", "std", "labels", "layers"],
+)
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """A pretrained image classifier in inference mode.
+
+    Attributes:
+      name: zoo name, e.g. "efficientnet_lite0".
+      module: Flax module; `module.apply(variables, x[B,H,W,C]) -> (logits[B,K], features)`.
+      variables: the module's variables (`{"params": ...}`), the pytree leaves.
+      input_size: (height, width) the weights were trained at.
+      mean, std: preprocessing `x = (uint8 - mean) / std`, per channel or scalar.
+      labels: K class names, index-aligned with the logits.
+      layers: names of the intermediate features (`features(x)` keys), in forward order.
+    """
+
+    name: str
+    module: nn.Module
+    variables: Any
+    input_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    labels: tuple[str, ...]
+    layers: tuple[str, ...]
+
+    # ---- forward passes -------------------------------------------------------------
+    def apply(self, x, **kwargs):
+        """(logits [B,K], {layer: activation}) for preprocessed x [B,H,W,C].
+
+        Keyword arguments go to `module.apply` (e.g. `mutable=["perturbations"]`).
+        Not jitted: call it inside your own `jax.jit`, or use `logits`/`features`.
+        """
+        return self.module.apply(self.variables, x, **kwargs)
+
+    def logits(self, x) -> jax.Array:
+        """Unnormalised class scores: float32 [B,H,W,C] -> [B,K] (jit-compiled)."""
+        return _jit_logits(self, self._check_batch(x))
+
+    __call__ = logits
+
+    def features(self, x) -> dict[str, jax.Array]:
+        """All named intermediate activations for x [B,H,W,C] (jit-compiled)."""
+        return _jit_features(self, self._check_batch(x))
+
+    @functools.cached_property
+    def logit_fn(self) -> Callable[[jax.Array], jax.Array]:
+        """The pure per-image logit function `[H,W,C] -> [K]`, variables closed over.
+
+        Jit-compiled (so even eager `jax.grad(model.logit_fn)` is fast); inside
+        your own `jit`/`vmap`/`grad` it composes like any JAX function.
+        """
+        return jax.jit(lambda x: self.apply(x[None])[0][0])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    # ---- host-side data handling ------------------------------------------------------
+    def preprocess(self, images) -> np.ndarray:
+        """uint8 [B,H,W,3] / [H,W,3] or a list of PIL images / arrays -> float32 [B,h,w,3].
+
+        Each image is resized (bilinear, whole image) to `input_size`, then
+        normalised as `(x - mean) / std`.
+        """
+        batch = _images.to_uint8_batch(images, self.input_size)
+        return (batch.astype(np.float32) - np.float32(self.mean)) / np.float32(self.std)
+
+    def deprocess(self, x) -> np.ndarray:
+        """Inverse of the normalisation: model-space float [...,C] -> displayable uint8."""
+        x = np.asarray(x, np.float32) * np.float32(self.std) + np.float32(self.mean)
+        return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+    def predict(self, images, *, top: int = 5, batch_size: int = 32) -> list[list[tuple[int, str, float]]]:
+        """Top-`top` (class index, label, softmax probability) for each image.
+
+        Images go through in batches of one static size (the last one padded),
+        so any number of images costs one compilation.
+        """
+        if not 1 <= top <= self.num_classes:
+            raise ValueError(f"top must be between 1 and {self.num_classes}, got {top}")
+        x = self.preprocess(images)
+        n = len(x)
+        size = min(batch_size, 1 << (n - 1).bit_length())
+        x = np.concatenate([x, np.zeros((-n % size, *x.shape[1:]), x.dtype)])
+        probs = np.concatenate(
+            [np.asarray(jax.nn.softmax(self.logits(x[i : i + size]), axis=-1)) for i in range(0, len(x), size)]
+        )[:n]
+        order = np.argsort(-probs, axis=-1, kind="stable")[:, :top]
+        return [[(int(c), self.labels[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
+
+    def _check_batch(self, x):
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 4:
+            raise ValueError(
+                f"{self.name} expects a preprocessed batch [B,H,W,C]; got shape {shape} "
+                "(use model.preprocess(images) first, or model.logit_fn for one image)"
+            )
+        return x
+
+
+@jax.jit
+def _jit_logits(model: Model, x):
+    return model.apply(x)[0]
+
+
+@jax.jit
+def _jit_features(model: Model, x):
+    return model.apply(x)[1]
+
