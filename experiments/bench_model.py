@@ -1,0 +1,147 @@
+"""Benchmark: EfficientNet-Lite0 load, compile, forward and input-gradient throughput, JAX vs PyTorch.
+
+Run:
+    python experiments/bench_model.py            # full table (needs the [test] extra for the torch rows)
+    python experiments/bench_model.py --quick    # batch 1 and 8, one repeat (CI smoke)
+
+The PyTorch reference (`efficientnet-lite-pytorch`, same weights) is measured in
+subprocesses twice: with glibc's default malloc and with the allocator tuned
+(`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`), which PERF_NOTES found worth
+up to 2.4x to PyTorch on this machine and nothing to JAX. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+
+
+def _best_rate(fn, batch: int, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return batch / min(times)
+
+
+def bench_jax(batches, repeats, impl):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import saliency_jax
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["SALIENCY_JAX_CACHE"] = tmp
+        t = time.perf_counter()
+        saliency_jax.load_model(depthwise_impl=impl)
+        out["first load (convert + cache) s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model = saliency_jax.load_model(depthwise_impl=impl)
+        out["cached load s"] = time.perf_counter() - t
+
+    fwd = jax.jit(jax.vmap(model.logit_fn))
+    grad = jax.jit(jax.vmap(jax.grad(lambda x, c: model.logit_fn(x)[c])))
+    for b in batches:
+        x = jnp.asarray(np.random.default_rng(0).normal(size=(b, 224, 224, 3)), jnp.float32)
+        c = jnp.zeros((b,), jnp.int32)
+        for name, f, args in (("forward", fwd, (x,)), ("input gradient", grad, (x, c))):
+            t = time.perf_counter()
+            jax.block_until_ready(f(*args))
+            out[f"{name} compile s (batch {b})"] = time.perf_counter() - t
+            out[f"{name} img/s (batch {b})"] = _best_rate(lambda: jax.block_until_ready(f(*args)), b, repeats)
+    return out
+
+
+def bench_torch(batches, repeats):
+    import numpy as np
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from saliency_jax.models import weights_path
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
+    net.eval().requires_grad_(False)  # input gradients only, as saliency needs
+    out = {"threads": torch.get_num_threads()}
+    for b in batches:
+        x = torch.from_numpy(np.random.default_rng(0).normal(size=(b, 3, 224, 224)).astype(np.float32))
+
+        def forward():
+            with torch.no_grad():
+                net(x)
+
+        def input_gradient():
+            xg = x.clone().requires_grad_(True)
+            torch.autograd.grad(net(xg)[:, 0].sum(), xg)
+
+        for name, f in (("forward", forward), ("input gradient", input_gradient)):
+            f()
+            out[f"{name} img/s (batch {b})"] = _best_rate(f, b, repeats)
+    return out
+
+
+def _torch_subprocess(batches, repeats, tuned: bool):
+    env = dict(os.environ)
+    if tuned:
+        env["GLIBC_TUNABLES"] = TUNED_MALLOC
+    cmd = [sys.executable, __file__, "--torch-only", "--batches", ",".join(map(str, batches)),
+           "--repeats", str(repeats)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--impl", default="auto", help="depthwise implementation for the JAX model")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    batches = [1, 8] if args.quick else [int(b) for b in args.batches.split(",")]
+    repeats = 1 if args.quick else args.repeats
+    if args.torch_only:
+        print(json.dumps(bench_torch(batches, repeats)))
+        return
+
+    import jax
+
+    rows = {"JAX (this library)": bench_jax(batches, repeats, args.impl)}
+    if not args.no_torch:
+        rows["PyTorch reference, default malloc"] = _torch_subprocess(batches, repeats, tuned=False)
+        rows["PyTorch reference, tuned malloc"] = _torch_subprocess(batches, repeats, tuned=True)
+
+    print(f"\njax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores), "
+          f"depthwise impl {args.impl!r}, best of {repeats}\n")
+    jx = rows["JAX (this library)"]
+    for key, value in jx.items():
+        if key.endswith(" s") or " s (" in key:
+            print(f"- {key}: {value:.2f}")
+    print()
+    cols = [f"{n} img/s (batch {b})" for b in batches for n in ("forward", "input gradient")]
+    print("| | " + " | ".join(c.replace(" img/s", "") for c in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"| {name} | {r['error']} |")
+            continue
+        print(f"| {name} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
+    for name, r in rows.items():
+        if name.startswith("PyTorch") and "error" not in r:
+            print(f"| JAX / {name} | " + " | ".join(f"{jx[c] / r[c]:.2f}x" for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
