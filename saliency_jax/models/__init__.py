@@ -22,7 +22,7 @@ from saliency_jax.models import efficientnet_lite
 from saliency_jax.models.model import Model
 
 # Bump when a converter's output changes, to invalidate cached params.
-_CONVERTER_VERSION = "v1"
+_CONVERTER_VERSION = "v2"
 
 
 @dataclasses.dataclass(frozen=True)

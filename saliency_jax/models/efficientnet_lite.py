@@ -167,7 +167,9 @@ class EfficientNetLite(nn.Module):
         feats = {}
 
         def tap(name, y):
-            y = self.perturb(name, y)
+            # A perturbation dict may name any subset of the layers (e.g. one for Grad-CAM).
+            if self.is_mutable_collection("perturbations") or self.has_variable("perturbations", name):
+                y = self.perturb(name, y)
             feats[name] = y
             return y
 
