@@ -117,13 +117,14 @@ def _unit(values: np.ndarray, cmap: str) -> np.ndarray:
     return np.clip(values, 0.0, 1.0)
 
 
-def colorize(map2d, *, cmap: str = "inferno") -> np.ndarray:
+def colorize(map2d, *, cmap: str = "inferno", size: tuple[int, int] | None = None) -> np.ndarray:
     """Colours a map with a 256-entry lookup table.
 
     Args:
       map2d: ``[H,W]`` real map, in [0, 1]; in [-1, 1] for a diverging ``cmap``
         (``DIVERGING_CMAPS``). Values outside are clipped; NaN becomes black.
       cmap: a name from ``colormap_names()``.
+      size: optional (height, width) to resize the map to first (bilinear).
 
     Returns:
       ``uint8 [H,W,3]`` RGB: 0 (or -1) is the table's first colour, 1 its last.
@@ -133,6 +134,8 @@ def colorize(map2d, *, cmap: str = "inferno") -> np.ndarray:
     """
     lut = colormap(cmap)
     values = _map2d(map2d, "colorize")
+    if size is not None:
+        values = _resize_map(values, tuple(size))
     position = _unit(values, cmap)
     nan = np.isnan(position)
     index = np.rint(np.where(nan, 0.0, position) * 255.0).astype(np.intp)

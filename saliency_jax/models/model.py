@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax import images as _images
+from saliency_jax.batching import map_batches
 
 
 @functools.partial(
@@ -108,13 +109,7 @@ class Model:
         """
         if not 1 <= top <= self.num_classes:
             raise ValueError(f"top must be between 1 and {self.num_classes}, got {top}")
-        x = self.preprocess(images)
-        n = len(x)
-        size = min(batch_size, 1 << (n - 1).bit_length())
-        x = np.concatenate([x, np.zeros((-n % size, *x.shape[1:]), x.dtype)])
-        probs = np.concatenate(
-            [np.asarray(jax.nn.softmax(self.logits(x[i : i + size]), axis=-1)) for i in range(0, len(x), size)]
-        )[:n]
+        probs = map_batches(lambda x: jax.nn.softmax(self.logits(x), axis=-1), (self.preprocess(images),), batch_size)
         order = np.argsort(-probs, axis=-1, kind="stable")[:, :top]
         return [[(int(c), self.labels[c], float(p[c])) for c in row] for p, row in zip(probs, order)]
 

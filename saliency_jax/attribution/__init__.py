@@ -1,0 +1,1 @@
+"""Attribution methods: each maps a logit function and an image to a gradient-shaped map."""
