@@ -8,7 +8,14 @@ The contract shared by every method is the logit function
 `logit_fn(x[H,W,C]) -> logits[K]` (unnormalised scores); `Model.logit_fn` is one.
 """
 
+from saliency_jax.attribution import (
+    attribute,
+    available_methods,
+    deconvnet,
+    guided_backprop,
+)
 from saliency_jax.images import ImageError, bundled_images, load_image
+from saliency_jax.maps import saliency_map
 from saliency_jax.models import available_models, imagenet_labels, load_model
 from saliency_jax.models.model import Model
 
@@ -16,6 +23,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ImageError",
+    "attribute",
+    "available_methods",
+    "deconvnet",
+    "guided_backprop",
+    "saliency_map",
     "Model",
     "available_models",
     "bundled_images",

@@ -97,3 +97,64 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == f"saliency-jax: error: cannot read image '{empty}': file is empty (0 bytes)"
+
+
+# ---- explain ------------------------------------------------------------------------------
+def test_explain_writes_heatmaps_overlays_montage_and_npz(model, photos, tmp_path, capsys):
+    out = tmp_path / "maps"
+    code = cli.main(["explain", photos["chelsea"], "--method", "vanilla,gradcam", "--out", str(out), "--save-npz"])
+    assert code == 0
+    for method in ("vanilla", "gradcam"):
+        for kind in ("heatmap", "overlay"):
+            assert (out / f"chelsea_{method}_{kind}.png").is_file()
+    from saliency_jax.images import load_image
+
+    assert load_image(out / "chelsea_vanilla_overlay.png").shape == (300, 451, 3)
+    assert load_image(out / "chelsea_vanilla_heatmap.png").shape == (224, 224, 3)
+    assert load_image(out / "chelsea_montage.png").shape[1] > 2 * 451
+    with np.load(out / "chelsea.npz") as npz:
+        assert int(npz["target"]) == 285 and str(npz["label"]) == "Egyptian cat"
+        assert npz["vanilla_attribution"].shape == (224, 224, 3)
+        sal = npz["vanilla_saliency"]
+        assert sal.shape == (224, 224) and sal.min() >= 0 and sal.max() == pytest.approx(1.0)
+    assert "target 285 (Egyptian cat)" in capsys.readouterr().out
+
+
+def test_explain_explicit_target_matches_library(model, photos, tmp_path):
+    out = tmp_path / "t"
+    assert cli.main(["explain", photos["coffee"], "--target", "504", "--out", str(out), "--save-npz"]) == 0
+    import saliency_jax
+
+    x = model.preprocess(saliency_jax.load_image(photos["coffee"]))
+    expected = np.asarray(saliency_jax.attribute(model, x, 504))[0]
+    with np.load(out / "coffee.npz") as npz:
+        assert int(npz["target"]) == 504
+        np.testing.assert_allclose(npz["vanilla_attribution"], expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--method", "lrp"], "unknown method 'lrp'"),
+        (["--target", "cat"], "expected 'top1' or a class index"),
+        (["--samples", "0"], "expected a positive integer"),
+    ],
+)
+def test_explain_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["explain", "x.jpg", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_explain_out_of_range_target_is_one_line(photos, tmp_path, capsys):
+    assert cli.main(["explain", photos["coffee"], "--target", "1000", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "saliency-jax: error: --target must be 'top1' or a class index in [0, 1000), got 1000"
+    )
+
+
+def test_explain_skips_a_bad_file(photos, bad_files, tmp_path, capsys):
+    assert cli.main(["explain", photos["coffee"], bad_files["empty"][0], "--out", str(tmp_path / "o")]) == 1
+    assert (tmp_path / "o" / "coffee_vanilla_overlay.png").is_file()
+    assert "file is empty" in capsys.readouterr().err
