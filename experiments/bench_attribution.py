@@ -49,6 +49,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import TUNED_MALLOC, _best_rate  # noqa: E402
@@ -86,6 +87,8 @@ def _torch_maker():
     from efficientnet_lite_pytorch import EfficientNet
 
     from saliency_jax.models import weights_path
+
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")  # "hooks set", "requires_grad set"
 
     class ReLU6AsReLU(torch.nn.ReLU):  # an nn.ReLU, so Captum's GuidedBackprop hooks fire
         def forward(self, x):
@@ -151,7 +154,8 @@ def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
                 res = {"rate": rate, "compile_s": first - b / rate}
         except Exception as e:  # report and go on with the next job
             res = {"error": _error(e)}
-        print(f"  [{framework}] {job['method']} batch {b}: {res}", file=sys.stderr, flush=True)
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in res.items()}
+        print(f"  [{framework}] {job['method']} batch {b}: {shown}", file=sys.stderr, flush=True)
         out.append(res)
     return out
 
@@ -178,6 +182,7 @@ def _available_gib() -> float:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,8,32")
+    parser.add_argument("--methods", default=",".join(METHODS), help="subset of " + ",".join(METHODS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samples", type=int, default=25, help="SmoothGrad noisy copies")
     parser.add_argument("--steps", type=int, default=50, help="Integrated Gradients path points")
@@ -198,6 +203,7 @@ def main():
     if args.quick:
         args.batches, args.repeats, args.samples, args.steps, args.mem_chunk = "1,2", 1, 4, 4, 2
     batches = [int(b) for b in args.batches.split(",")]
+    methods = [m for m in METHODS if m in args.methods.split(",")]
     n_of = {"smoothgrad": args.samples, "ig": args.steps}
 
     def job(method, batch, chunk="auto", memory=False):
@@ -206,7 +212,7 @@ def main():
             chunk = _chunk(n, batch, args.max_live) if n else None
         return {"method": method, "batch": batch, "n": n, "chunk": chunk, "repeats": args.repeats, "memory": memory}
 
-    jobs = [job(m, b) for b in batches for m in METHODS]
+    jobs = [job(m, b) for b in batches for m in methods]
     frameworks = {"JAX": ("jax", False)}
     if not args.no_torch:
         frameworks.update({"Captum": ("torch", False), "Captum, tuned malloc": ("torch", True)})
@@ -238,8 +244,8 @@ def main():
     cols = [(b, name) for b in batches for name in rates]
     print("| method (JAX / Captum) | " + " | ".join(f"{n} b={b}" for b, n in cols) + " |")
     print("|---" * (len(cols) + 1) + "|")
-    for m in METHODS:
-        cells = [cell(rates[n][m, b], rates[n]["forward", b]) for b, n in cols]
+    for m in methods:
+        cells = [cell(rates[n][m, b], rates[n].get(("forward", b), {})) for b, n in cols]
         print(f"| {' / '.join(names[m]) if not args.no_torch else names[m][0]} | " + " | ".join(cells) + " |")
 
     print("\nJAX compile time, s (first call minus a steady call)"
@@ -247,7 +253,7 @@ def main():
     head = [f"compile b={b}" for b in batches] + ([] if args.no_torch else [f"JAX/Captum b={b}" for b in batches])
     print("| method | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
-    for m in METHODS:
+    for m in methods:
         cells = [cell(rates["JAX"][m, b], {}, "{compile_s:.1f}") for b in batches]
         if not args.no_torch:
             for b in batches:
