@@ -1,8 +1,10 @@
 """Benchmark: attribution throughput and memory on EfficientNet-Lite0 224x224, saliency_jax vs Captum.
 
 Run:
-    python experiments/bench_attribution.py           # batches 1,8,32; 15-25 min on 2 cores (needs the [bench] extra)
-    python experiments/bench_attribution.py --quick   # batches 1,2; 4 samples/steps; 1 repeat (~2 min)
+    pip install -e '.[bench]'                         # torch (CPU), efficientnet-lite-pytorch, captum
+    python experiments/bench_attribution.py           # batches 1,8,32, best of 3: 20-35 min on 2 cores
+    python experiments/bench_attribution.py --quick   # batches 1,2; 4 samples/steps; 1 repeat (~3 min)
+    python experiments/bench_attribution.py --batches 32 --methods forward,ig --no-torch   # a subset
 
 Images/s (best of --repeats, after one warm-up call) for forward only, vanilla,
 guided backprop, SmoothGrad(25), Integrated Gradients(50) and Grad-CAM (layer
@@ -235,10 +237,10 @@ def main():
              "smoothgrad": (f"SmoothGrad({args.samples})", "NoiseTunnel(Saliency)"),
              "ig": (f"IG({args.steps})", "IntegratedGradients"), "gradcam": ('Grad-CAM "head"', "LayerGradCam")}
 
-    def cell(r, fwd, fmt="{rate:.1f} ({ratio:.2f}x)"):
+    def cell(r, fwd):
         if "error" in r:
             return r["error"]
-        return fmt.format(ratio=r["rate"] / fwd["rate"] if "rate" in fwd else float("nan"), **r)
+        return f"{r['rate']:.1f}" + (f" ({r['rate'] / fwd['rate']:.2f}x)" if "rate" in fwd else "")
 
     print("Images/s (ratio to forward-only of the same framework)\n")
     cols = [(b, name) for b in batches for name in rates]
@@ -254,7 +256,7 @@ def main():
     print("| method | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
     for m in methods:
-        cells = [cell(rates["JAX"][m, b], {}, "{compile_s:.1f}") for b in batches]
+        cells = [r.get("error") or f"{r['compile_s']:.1f}" for r in (rates["JAX"][m, b] for b in batches)]
         if not args.no_torch:
             for b in batches:
                 jx, tc = rates["JAX"][m, b], rates["Captum, tuned malloc"][m, b]

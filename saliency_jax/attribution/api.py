@@ -46,6 +46,7 @@ class Method:
     doc: str = ""
 
 
+AUTO_CHUNK_IMAGES = 32  # default chunk_size keeps ~this many images (batch x samples) in flight
 _SG_OPTIONS = ("num_samples", "noise_scale", "chunk_size")
 _IG_OPTIONS = ("num_steps", "rule", "chunk_size")
 
@@ -105,7 +106,8 @@ def attribute(
       batch_size: if set, x goes through in padded batches of this size (one
         compilation) and the result is gathered in host memory (np.ndarray).
       **options: the method's static options (e.g. num_samples, num_steps,
-        chunk_size, rule, noise_scale, layer).
+        chunk_size, rule, noise_scale, layer). For SmoothGrad/IG, chunk_size
+        defaults to ceil(32 / batch): about 32 images' activations in flight.
 
     Returns:
       [B,H,W,C] (jax.Array, or np.ndarray with batch_size); reduce with
@@ -132,6 +134,10 @@ def attribute(
         _gradcam.check_layer(model, options["layer"])
 
     x = _check_images(x, model)
+    if "chunk_size" in spec.options and options.get("chunk_size") is None:
+        # Bound memory by default: about AUTO_CHUNK_IMAGES images' activations in flight at once.
+        images_per_call = len(x) if batch_size is None else min(batch_size, len(x))
+        options["chunk_size"] = -(-AUTO_CHUNK_IMAGES // images_per_call)
     num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
     targets = _check_targets(targets, len(x), num_classes)
     if key is None:
