@@ -31,10 +31,12 @@ Memory: SmoothGrad and IG evaluate `chunk` noisy copies / path points at once,
 the largest divisor of the sample count with batch*chunk <= --max-live (160:
 about 5 GiB of activations, at ~32 MiB per EfficientNet-Lite0 input gradient),
 for both frameworks (JAX chunk_size=chunk; Captum nt_samples_batch_size=chunk,
-internal_batch_size=batch*chunk). Unchunked, IG(50) at batch 32 plans a 51 GiB
-buffer. Peak RSS (ru_maxrss, each in a fresh subprocess, one call) is reported
-for IG at the largest batch: JAX with and without chunk_size=10, and Captum with
-internal_batch_size=batch*10. Every subprocess runs under RLIMIT_AS
+internal_batch_size=batch*chunk), rather than the library's default chunk_size
+(ceil(32 / batch)), so both frameworks keep the same number of gradients live.
+Peak RSS (ru_maxrss, each in a fresh subprocess, one call) is reported for IG at
+the largest batch: JAX unchunked (chunk_size=50: at batch 32 XLA plans a 51 GiB
+buffer), with the library's default chunk_size, and with chunk_size=10; Captum
+with internal_batch_size=batch*10. Every subprocess runs under RLIMIT_AS
 (--mem-limit-gb, default 80% of available memory) so a run that would not fit
 fails cleanly ("out of memory") instead of waking the OOM killer.
 Each (framework, method, batch) is a job; workers run lists of jobs; a memory
@@ -70,11 +72,12 @@ def _jax_maker():
     model = saliency_jax.load_model()
     key = jax.random.key(0)
 
-    def make(method, x, n, chunk):
+    def make(method, x, n, chunk):  # chunk: int, None (all samples at once) or "default" (the library's)
         x, t = jax.numpy.asarray(x), np.full(len(x), TARGET, np.int32)
         if method == "forward":
             return lambda: jax.block_until_ready(model.logits(x))
-        opts = {"smoothgrad": {"num_samples": n, "chunk_size": chunk}, "ig": {"num_steps": n, "chunk_size": chunk},
+        chunking = {} if chunk == "default" else {"chunk_size": n if chunk is None else chunk}
+        opts = {"smoothgrad": {"num_samples": n, **chunking}, "ig": {"num_steps": n, **chunking},
                 "gradcam": {"layer": "head"}}.get(method, {})
         return lambda: jax.block_until_ready(saliency_jax.attribute(model, x, t, method=method, key=key, **opts))
 
@@ -214,6 +217,7 @@ def main():
             chunk = _chunk(n, batch, args.max_live) if n else None
         return {"method": method, "batch": batch, "n": n, "chunk": chunk, "repeats": args.repeats, "memory": memory}
 
+    load_start = os.getloadavg()[0]
     jobs = [job(m, b) for b in batches for m in methods]
     frameworks = {"JAX": ("jax", False)}
     if not args.no_torch:
@@ -231,7 +235,9 @@ def main():
         import torch
         versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads), captum {captum.__version__}"
     print(f"\nEfficientNet-Lite0 {SIZE}x{SIZE}, {os.cpu_count()} cores; {versions}; best of {args.repeats}; "
-          f"SmoothGrad/IG chunk = largest divisor of n with batch*chunk <= {args.max_live}\n")
+          f"SmoothGrad/IG chunk = largest divisor of n with batch*chunk <= {args.max_live}; "
+          f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end "
+          f"(above the core count, other processes share the cores and the timings are noisy)\n")
     names = {"forward": ("forward only", "net(x) under no_grad"), "vanilla": ("vanilla", "Saliency"),
              "guided": ("guided", "GuidedBackprop (ReLU6AsReLU)"),
              "smoothgrad": (f"SmoothGrad({args.samples})", "NoiseTunnel(Saliency)"),
@@ -266,7 +272,8 @@ def main():
     if args.no_memory:
         return
     b, c = max(batches), args.mem_chunk
-    runs = {f"JAX IG({args.steps}), unchunked": ("jax", job("ig", b, None, True)),
+    runs = {f"JAX IG({args.steps}), unchunked (chunk_size={args.steps})": ("jax", job("ig", b, None, True)),
+            f"JAX IG({args.steps}), default chunk_size": ("jax", job("ig", b, "default", True)),
             f"JAX IG({args.steps}), chunk_size={c}": ("jax", job("ig", b, c, True))}
     if not args.no_torch:
         runs[f"Captum IG({args.steps}), internal_batch_size={b * c}"] = ("torch", job("ig", b, c, True))
