@@ -262,3 +262,10 @@ def test_gradcam_needs_a_model():
     _, f = _linear()
     with pytest.raises(ValueError, match="needs a Model with named layers"):
         api.attribute(f, np.zeros((1, H, W, C), np.float32), 0, method="gradcam")
+
+
+@pytest.mark.parametrize("n,limit,expected", [(50, 32, 25), (25, 4, 4), (25, 32, 25), (7, 3, 3), (6, 4, 3), (1, 8, 1)])
+def test_balanced_chunk_minimises_padding(n, limit, expected):
+    chunk = api.balanced_chunk(n, limit)
+    assert chunk == expected and chunk <= max(limit, 1)
+    assert -(-n // chunk) == -(-n // limit)

@@ -21,9 +21,9 @@ import numpy as np
 
 from saliency_jax.attribution import gradcam as _gradcam
 from saliency_jax.attribution.gradients import TOP1, class_gradient, gradient_x_input
-from saliency_jax.attribution.integrated_gradients import integrated_gradients
+from saliency_jax.attribution.integrated_gradients import DEFAULT_NUM_STEPS, integrated_gradients
 from saliency_jax.attribution.rules import backward_rule
-from saliency_jax.attribution.smoothgrad import smoothgrad
+from saliency_jax.attribution.smoothgrad import DEFAULT_NUM_SAMPLES, smoothgrad
 from saliency_jax.batching import map_batches
 from saliency_jax.models.model import Model
 
@@ -85,6 +85,12 @@ METHODS: dict[str, Method] = {
 }
 
 
+def balanced_chunk(num_samples: int, max_chunk: int) -> int:
+    """The smallest chunk that covers num_samples in as few chunks as max_chunk allows (least padding)."""
+    num_chunks = -(-num_samples // max(1, max_chunk))
+    return -(-num_samples // num_chunks)
+
+
 def available_methods() -> list[str]:
     """Names accepted by `attribute(method=...)`."""
     return list(METHODS)
@@ -137,7 +143,9 @@ def attribute(
     if "chunk_size" in spec.options and options.get("chunk_size") is None:
         # Bound memory by default: about AUTO_CHUNK_IMAGES images' activations in flight at once.
         images_per_call = len(x) if batch_size is None else min(batch_size, len(x))
-        options["chunk_size"] = -(-AUTO_CHUNK_IMAGES // images_per_call)
+        samples = options.get("num_samples", options.get("num_steps", DEFAULT_NUM_STEPS if method == "ig"
+                                                           else DEFAULT_NUM_SAMPLES))
+        options["chunk_size"] = balanced_chunk(samples, -(-AUTO_CHUNK_IMAGES // images_per_call))
     num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
     targets = _check_targets(targets, len(x), num_classes)
     if key is None:

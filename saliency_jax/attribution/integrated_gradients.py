@@ -12,6 +12,7 @@ from saliency_jax.attribution.gradients import class_gradient, resolve_target
 from saliency_jax.attribution.sampling import sample_sum
 
 RULES = ("midpoint", "left", "right", "trapezoid")
+DEFAULT_NUM_STEPS = 50
 
 
 def path_points(num_steps: int, rule: str = "midpoint"):
@@ -34,7 +35,7 @@ def integrated_gradients(
     target,
     *,
     baseline=None,
-    num_steps: int = 50,
+    num_steps: int = DEFAULT_NUM_STEPS,
     rule: str = "midpoint",
     chunk_size: int | None = None,
     gradient_fn=class_gradient,

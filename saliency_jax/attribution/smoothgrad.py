@@ -18,6 +18,7 @@ from saliency_jax.attribution.gradients import class_gradient, resolve_target
 from saliency_jax.attribution.sampling import sample_sum
 
 VARIANTS = ("mean", "squared", "var")
+DEFAULT_NUM_SAMPLES = 25
 
 
 def smoothgrad(
@@ -26,7 +27,7 @@ def smoothgrad(
     target,
     *,
     key,
-    num_samples: int = 25,
+    num_samples: int = DEFAULT_NUM_SAMPLES,
     noise_scale: float = 0.15,
     variant: str = "mean",
     chunk_size: int | None = None,
