@@ -1,0 +1,21 @@
+"""`saliency-jax demo --quick` runs end to end and its index.html references files that exist."""
+
+import re
+
+import pytest
+
+from saliency_jax import cli
+
+
+def test_demo_quick_writes_a_complete_index(model, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--quick"]) == 0
+    index = out / "index.html"
+    page = index.read_text()
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert len(sources) >= 2 * (1 + 3 + 3) + 2 + 2  # photos, maps, overlays, class models, boxes
+    missing = [s for s in sources if not (out / s).is_file()]
+    assert not missing
+    assert "Egyptian cat" in page and "espresso" in page
+    assert str(index.resolve()) in capsys.readouterr().out
