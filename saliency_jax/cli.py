@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=16)
     e.add_argument("--save-npz", action="store_true", help="also write raw arrays per image (<name>.npz)")
     e.set_defaults(run=run_explain)
+    _add_maximize_commands(sub)
+    _add_localize_command(sub)
+    _add_demo_command(sub)
+    _add_batch_command(sub)
     return parser
 
 
@@ -181,6 +185,350 @@ def run_explain(args) -> int:
         print(f"{path}: target {target} ({model.labels[target]})")
     print(f"wrote {len(loaded)} x {len(results)} heatmaps and overlays, plus a montage per image, to {out}/")
     return EXIT_INPUT_ERROR if errors else 0
+
+
+# ---- class-model / neuron: activation maximisation (saliency_jax.maximize) -----------------------
+def _add_maximize_commands(sub) -> None:
+    from saliency_jax.maximize.presets import PRESETS
+
+    def common(p, preset: str, out: str) -> None:
+        p.add_argument("--preset", default=preset, choices=PRESETS,
+                       help=f"paper: S - l2*||I||^2 from the zero image; sphere: ||I|| = radius; "
+                            f"lucid: Fourier/decorrelated image + random transforms (default {preset})")
+        p.add_argument("--steps", type=_positive_int, default=None, help="ascent steps (default: the preset's)")
+        p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default: the preset's)")
+        p.add_argument("--l2", type=_non_negative_float, default=None, help="L2 penalty weight (paper preset)")
+        p.add_argument("--radius", type=_positive_float, default=None, help="||I||_2 in model space (sphere preset)")
+        p.add_argument("--seed", type=int, default=0, help="random seed (start image, transforms)")
+        p.add_argument("--chunk-size", type=_positive_int, default=8, help="targets optimised at once (default 8)")
+        p.add_argument("--model", default="efficientnet_lite0")
+        p.add_argument("--out", default=out, help=f"output folder (default ./{out})")
+
+    c = sub.add_parser("class-model", help="class model visualisation: the image each class scores highest")
+    c.add_argument("--classes", required=True, type=_int_list, help="comma-separated class indices, e.g. 130,285,967")
+    common(c, "paper", "class_models")
+    c.set_defaults(run=run_class_model)
+
+    n = sub.add_parser("neuron", help="activation maximisation of units of a named layer")
+    n.add_argument("--layer", required=True, help="layer name (see the model's layers, e.g. block9, head)")
+    n.add_argument("--channel", required=True, type=_int_list, help="comma-separated channel indices")
+    n.add_argument("--position", default=None, type=_position,
+                   help="'ROW,COL' in the layer's grid, or 'center' (default: the channel mean)")
+    common(n, "sphere", "neuron_out")
+    n.set_defaults(run=run_neuron)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _position(text: str):
+    if text == "center":
+        return text
+    parts = text.split(",")
+    try:
+        row, col = (int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ROW,COL or 'center', got {text!r}") from None
+    return (row, col)
+
+
+def _steps_per_call(steps: int) -> int:
+    """A divisor of `steps` near steps / 10, so the progress bar moves ~10 times per chunk."""
+    return max(d for d in range(1, max(1, steps // 10) + 1) if steps % d == 0)
+
+
+def _maximize(args, run, targets: list[int], unit: str):
+    """Runs `run(model, **options)` under a progress bar over target-steps; returns (model, Visualization)."""
+    import jax
+    from tqdm import tqdm
+
+    from saliency_jax import load_model
+    from saliency_jax.maximize.presets import LUCID, PAPER, SPHERE
+
+    model = load_model(args.model)
+    steps = args.steps or {"paper": PAPER, "sphere": SPHERE, "lucid": LUCID}[args.preset]["num_steps"]
+    overrides = {"num_steps": steps, "learning_rate": args.lr}
+    if args.l2 is not None:
+        overrides["l2"] = args.l2
+    if args.radius is not None:
+        overrides["radius"] = args.radius
+    with tqdm(total=len(targets) * steps, unit=unit, desc=args.command, file=sys.stderr) as bar:
+        vis = run(model, preset=args.preset, key=jax.random.key(args.seed), chunk_size=args.chunk_size,
+                  steps_per_call=_steps_per_call(steps), progress=bar.update, **overrides)
+    return model, vis
+
+
+def _write_pngs(out, names: list[str], captions: list[str], pixels) -> None:
+    from saliency_jax import render
+
+    for name, image in zip(names, pixels):
+        render.save_png(out / f"{name}.png", image)
+    render.save_png(out / "montage.png", render.montage(list(pixels), labels=captions))
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")[:40]
+
+
+def run_class_model(args) -> int:
+    import pathlib
+
+    from saliency_jax.maximize import class_model
+
+    model, vis = _maximize(args, lambda model, **kw: class_model(model, args.classes, **kw), args.classes,
+                           "target-step")
+    tops = model.predict(list(vis.pixels), top=model.num_classes, batch_size=args.chunk_size)
+    out = pathlib.Path(args.out)
+    names, captions = [], []
+    for c, top, values in zip(args.classes, tops, vis.values):
+        prob = next(p for k, _, p in top if k == c)
+        names.append(f"class_{c:04d}_{_slug(model.labels[c])}")
+        captions.append(f"{model.labels[c]} ({100 * prob:.0f}%)")
+        print(f"class {c:>4} {model.labels[c]:<28} objective {values[0]:8.2f} -> {values[-1]:8.2f}   "
+              f"p={prob:.3f}  top-1: {top[0][1]}")
+    _write_pngs(out, names, captions, vis.pixels)
+    print(f"wrote {len(names)} class models and montage.png to {out}/")
+    return 0
+
+
+def run_neuron(args) -> int:
+    import pathlib
+
+    from saliency_jax.maximize import neuron_model
+
+    model, vis = _maximize(
+        args, lambda model, **kw: neuron_model(model, args.layer, args.channel, position=args.position, **kw),
+        args.channel, "target-step")
+    out = pathlib.Path(args.out)
+    where = "" if args.position is None else ("@center" if args.position == "center" else
+                                              f"@{args.position[0]},{args.position[1]}")
+    names = [f"{args.layer}_ch{k:04d}" for k in args.channel]
+    captions = [f"{args.layer} ch {k}{where}" for k in args.channel]
+    for k, values, norms in zip(args.channel, vis.values, vis.norms):
+        print(f"{args.layer} channel {k:>4}{where}: activation {values[0]:8.3f} -> {values[-1]:8.3f}   "
+              f"||I|| {norms[-1]:.1f}")
+    _write_pngs(out, names, captions, vis.pixels)
+    print(f"wrote {len(names)} images and montage.png to {out}/")
+    return 0
+
+
+# ---- localize: weakly supervised object boxes (saliency_jax.localize) ------------------------------
+def _add_localize_command(sub) -> None:
+    from saliency_jax.attribution.api import METHODS
+    from saliency_jax.localize import METHODS as SEGMENTATIONS
+
+    z = sub.add_parser("localize", help="object boxes from saliency maps by graph cut (paper Sec. 3.2)")
+    z.add_argument("images", nargs="*", metavar="IMG", help="image files (default: the bundled examples)")
+    z.add_argument("--out", default="localize_out", help="output folder (default ./localize_out)")
+    z.add_argument("--top-k", type=_positive_int, default=1, help="one box per class for the top-K classes (default 1)")
+    z.add_argument("--method", default="vanilla", choices=tuple(METHODS), metavar="METHOD",
+                   help=f"attribution method for the maps, one of: {', '.join(METHODS)} (default vanilla, the paper)")
+    z.add_argument("--segmentation", default="grabcut", choices=SEGMENTATIONS,
+                   help="grabcut: colour-model graph cut (paper; needs OpenCV); threshold: the seeds alone")
+    z.add_argument("--fg-quantile", type=_fraction, default=0.95, help="foreground seeds above it (default 0.95)")
+    z.add_argument("--bg-quantile", type=_fraction, default=0.30, help="background seeds below it (default 0.30)")
+    z.add_argument("--smooth", type=float, default=0.0,
+                   help="Gaussian blur of the map before seeding, in map pixels (default 0, the paper)")
+    z.add_argument("--model", default="efficientnet_lite0")
+    z.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
+    z.set_defaults(run=run_localize)
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {text}")
+    return value
+
+
+def run_localize(args) -> int:
+    import pathlib
+
+    import jax
+    import numpy as np
+
+    from saliency_jax import load_model, render
+    from saliency_jax.localize import _cv2, draw_boxes, localize_topk
+
+    if args.bg_quantile >= args.fg_quantile:
+        raise CliError(f"--bg-quantile ({args.bg_quantile}) must be below --fg-quantile ({args.fg_quantile})")
+    if not 0 <= args.smooth < 1e3:
+        raise CliError(f"--smooth must be a number >= 0 (pixels), got {args.smooth}")
+    if args.segmentation == "grabcut":
+        try:
+            _cv2()
+        except ImportError as err:
+            raise CliError(f"{err} (or use --segmentation threshold)") from None
+    loaded, errors = _load_inputs(args.images)
+    for path, message in errors:
+        print(f"saliency-jax: error: {message}", file=sys.stderr)
+    if not loaded:
+        return EXIT_INPUT_ERROR
+    model = load_model(args.model)
+    if args.top_k > model.num_classes:
+        raise CliError(f"--top-k must be at most {model.num_classes}, got {args.top_k}")
+    out = pathlib.Path(args.out)
+    failed = len(errors)
+    for path, image in loaded:
+        try:
+            found = localize_topk(
+                model, image, k=args.top_k, method=args.method, segmentation=args.segmentation,
+                fg_quantile=args.fg_quantile, bg_quantile=args.bg_quantile, smooth_sigma=args.smooth,
+                key=jax.random.key(args.seed),
+            )
+        except ValueError as err:
+            print(f"saliency-jax: error: {path}: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = pathlib.Path(path).stem
+        captions = [f"{r}. {c.label} {100 * c.probability:.0f}%" for r, c in enumerate(found, 1)]
+        render.save_png(out / f"{stem}_boxes.png",
+                        draw_boxes(image, [c.localization.box for c in found], captions))
+        print(path)
+        for r, c in enumerate(found, 1):
+            suffix = "" if r == 1 else f"_top{r}"
+            render.save_png(out / f"{stem}_mask{suffix}.png", c.localization.mask.astype(np.uint8) * 255)
+            where = f"box {c.localization.box}" if c.localization.box else "no box (constant saliency map)"
+            print(f"  {r:>2}. {c.label:<30} class {c.target:>4}  {100 * c.probability:6.2f}%  {where}")
+    if len(loaded) + len(errors) > failed:
+        print(f"wrote a box image and {args.top_k} mask(s) per image to {out}/")
+    return EXIT_INPUT_ERROR if failed else 0
+
+
+def _add_demo_command(sub) -> None:
+    d = sub.add_parser("demo", help="everything on the bundled photos, into a folder with an index.html")
+    d.add_argument("--out", default="saliency_demo", help="output folder (default ./saliency_demo)")
+    d.add_argument("--quick", action="store_true", help="two photos, three methods, few steps")
+    d.set_defaults(run=run_demo)
+
+
+def run_demo(args) -> int:
+    from saliency_jax.demo import run_demo as demo
+
+    index = demo(args.out, quick=args.quick)
+    print(f"done: open {index.resolve()} in a browser (PNGs beside it)")
+    return 0
+
+
+# ---- batch: a whole folder / glob / TFDS split, resumable, data parallel (saliency_jax.jobs) ----
+def _add_batch_command(sub) -> None:
+    from saliency_jax.attribution.api import METHODS
+    from saliency_jax.data import DEFAULT_MAX_PIXELS
+
+    b = sub.add_parser(
+        "batch", help="saliency maps for a whole folder, glob or TFDS split, in resumable NPZ shards",
+        description="Streams SOURCE through the compiled attribution on all local devices and writes "
+                    "OUT/shards/*.npz, OUT/index.csv and OUT/errors.txt. Run the same command again to "
+                    "resume after an interruption.")
+    b.add_argument("source", metavar="SOURCE",
+                   help="a folder, a glob ('imgs/**/*.jpg'), tfds:NAME:SPLIT or imagefolder:ROOT:SPLIT")
+    b.add_argument("--out", required=True, help="output folder (created; reused to resume)")
+    b.add_argument("--method", default="vanilla", choices=list(METHODS), metavar="METHOD",
+                   help=f"one of: {', '.join(METHODS)} (default vanilla)")
+    b.add_argument("--targets", default="top1", type=_batch_targets,
+                   help="'top1', 'label' (the source's labels) or a class index (default top1)")
+    b.add_argument("--model", default="efficientnet_lite0")
+    b.add_argument("--batch-size", type=_positive_int, default=32,
+                   help="images per step, rounded up to a multiple of the device count (default 32)")
+    b.add_argument("--shard-size", type=_positive_int, default=1024,
+                   help="source images per output shard, the resume granularity (default 1024)")
+    b.add_argument("--samples", type=_positive_int, default=None, help="SmoothGrad noise samples (default 25)")
+    b.add_argument("--steps", type=_positive_int, default=None, help="Integrated Gradients steps (default 50)")
+    b.add_argument("--layer", default=None, help="Grad-CAM layer (default head)")
+    b.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
+    b.add_argument("--float16", action="store_true", help="store maps as float16")
+    b.add_argument("--save-png", action="store_true", help="also write an overlay PNG per image (OUT/png/)")
+    b.add_argument("--cmap", default="inferno", help="colormap of the overlays (default inferno)")
+    b.add_argument("--data-dir", default=None, help="TFDS data folder (tfds: sources)")
+    b.add_argument("--manual-dir", default=None, help="TFDS manual folder, to prepare e.g. imagenet2012 from tars")
+    b.add_argument("--labels", default="auto", choices=("auto", "dirs", "none"),
+                   help="folder labels from ROOT/<class>/<image> (default auto)")
+    b.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU cores)")
+    b.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"larger images are listed as errors, never decoded (default {DEFAULT_MAX_PIXELS})")
+    b.add_argument("--distributed", action="store_true",
+                   help="multi-host: jax.distributed.initialize(); each host takes its slice of SOURCE")
+    b.add_argument("--coordinator", default=None, help="with --distributed: coordinator HOST:PORT")
+    b.add_argument("--num-processes", type=_positive_int, default=None, help="with --distributed")
+    b.add_argument("--process-id", type=int, default=None, help="with --distributed")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(run=run_batch)
+
+
+def _batch_targets(text: str):
+    if text in ("top1", "label"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'top1', 'label' or a class index, got {text!r}") from None
+
+
+def run_batch(args) -> int:
+    from saliency_jax import sharding
+
+    if args.distributed:  # before anything else touches JAX's backends
+        sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    elif args.coordinator or args.num_processes or args.process_id is not None:
+        raise CliError("--coordinator/--num-processes/--process-id need --distributed")
+
+    from saliency_jax import load_model, render
+    from saliency_jax.attribution.api import METHODS
+    from saliency_jax.data import open_source
+    from saliency_jax.jobs import JobError, run_batch_job
+
+    if args.save_png and args.cmap not in render.colormap_names():
+        raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
+    given = {"num_samples": args.samples, "num_steps": args.steps, "layer": args.layer}
+    options = {k: v for k, v in given.items() if v is not None and k in METHODS[args.method].options}
+    ignored = [k for k, v in given.items() if v is not None and k not in options]
+    if ignored:
+        raise CliError(f"method {args.method!r} takes none of: {', '.join(ignored)}")
+    source = open_source(args.source, data_dir=args.data_dir, manual_dir=args.manual_dir, labels=args.labels)
+    model = load_model(args.model)
+    print(f"{source.spec}: {source.num_examples} images -> {args.out}/ ({args.method}, targets {args.targets})",
+          file=sys.stderr)
+    try:
+        summary = run_batch_job(
+            source, model, args.out, method=args.method, targets=args.targets, batch_size=args.batch_size,
+            shard_size=args.shard_size, options=options, seed=args.seed, float16=args.float16,
+            save_png=args.save_png, cmap=args.cmap, workers=args.workers, max_pixels=args.max_pixels,
+            progress=not args.no_progress,
+        )
+    except JobError as err:
+        raise CliError(str(err)) from None
+    print(summary)
+    return EXIT_INPUT_ERROR if summary.errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

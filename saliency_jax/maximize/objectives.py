@@ -318,6 +318,10 @@ def gaussian_blur(image, sigma: float):
 
 # ---- constructors -------------------------------------------------------------------------
 def _indices(values, what: str):
+    if isinstance(values, jax.Array):  # also a tracer (inside jit/vmap): checked by dtype and rank only
+        if not jnp.issubdtype(values.dtype, jnp.integer) or values.ndim > 1:
+            raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
+        return values.astype(jnp.int32)
     array = np.asarray(values)
     if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
         raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
@@ -404,9 +408,11 @@ def num_targets(obj: Objective) -> int | None:
     Raises:
       ValueError: batched leaves disagree in length.
     """
-    axes = jax.tree.leaves(target_axes(obj), is_leaf=lambda x: x is None)
-    leaves = jax.tree.leaves(obj)
-    sizes = {int(np.shape(leaf)[0]) for leaf, axis in zip(leaves, axes) if axis == 0}
+    sizes = set()
+    jax.tree.map(
+        lambda axis, leaf: sizes.add(int(np.shape(leaf)[0])) if axis == 0 else None,
+        target_axes(obj), obj, is_leaf=lambda x: x is None,
+    )
     if len(sizes) > 1:
         raise ValueError(f"objective terms have different numbers of targets: {sorted(sizes)}")
     return sizes.pop() if sizes else None
@@ -416,7 +422,7 @@ def broadcast_targets(obj: Objective, n: int) -> Objective:
     """Every leaf given a leading target axis of length n (unbatched leaves repeated)."""
     axes = target_axes(obj)
     return jax.tree.map(
-        lambda axis, leaf: jnp.asarray(leaf) if axis == 0 else jnp.broadcast_to(leaf, (n,) + np.shape(leaf)),
+        lambda axis, leaf: leaf if leaf is None or axis == 0 else jnp.broadcast_to(leaf, (n,) + np.shape(leaf)),
         axes, obj, is_leaf=lambda x: x is None,
     )
 

@@ -1,0 +1,280 @@
+"""Class models and activation maximisation: analytic optima, constraints, batching, keys, compilation, errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from saliency_jax.maximize import objectives as obj
+from saliency_jax.maximize import optimize, parameterizations, presets
+from saliency_jax.maximize import transforms as tr
+from saliency_jax.maximize.objectives import gaussian_blur
+from saliency_jax.models.model import Model
+
+H, W, C, K = 5, 6, 3, 4
+SHAPE = (H, W, C)
+
+
+def _linear(seed=0):
+    w = jnp.asarray(np.random.default_rng(seed).normal(size=(K, H, W, C)), jnp.float32)
+    return w, (lambda x: jnp.einsum("khwc,hwc->k", w, x))
+
+
+class TinyNet(nn.Module):
+    """A small ReLU ConvNet with named features: a spatial "conv" layer and a pooled vector."""
+
+    @nn.compact
+    def __call__(self, x):
+        y = nn.relu(nn.Conv(8, (3, 3))(x))
+        feats = {"conv": y}
+        y = jnp.tanh(nn.Conv(6, (3, 3), strides=2)(y))
+        feats["pool"] = y.mean(axis=(1, 2))
+        return nn.Dense(K)(feats["pool"]), feats
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    module = TinyNet()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+    return Model("tiny", module, {"params": variables["params"]}, (8, 8), (127.0,), (128.0,),
+                 tuple(f"class{i}" for i in range(K)), ("conv", "pool"))
+
+
+SGD = optax.sgd(0.5)
+ADAM = optax.adam(0.05)
+
+
+# ---- analytic optima -----------------------------------------------------------------------
+def test_linear_score_with_l2_penalty_reaches_w_over_2_lambda():
+    """argmax_x w.x - lam ||x||^2 = w / (2 lam), from the zero image (Sec. 2 of the paper)."""
+    w, f = _linear()
+    lam = 0.5
+    res = optimize.visualize(f, obj.class_score([0, 1, 2, 3]) - lam * obj.l2(), key=jax.random.key(0),
+                             num_steps=40, optimizer=SGD, image_shape=SHAPE)
+    np.testing.assert_allclose(res.image, w / (2 * lam), atol=1e-5)
+    optimum = jnp.sum(w * w, axis=(1, 2, 3)) / (4 * lam)
+    np.testing.assert_allclose(res.values[:, -1], optimum, rtol=1e-5)
+
+
+def test_single_target_maximize_is_pure_and_jittable():
+    w, f = _linear()
+    run = jax.jit(lambda c: optimize.maximize(f, obj.class_score(0) - 0.25 * obj.l2(), key=jax.random.key(0),
+                                              num_steps=60, optimizer=optax.sgd(1.0), image_shape=SHAPE).image)
+    np.testing.assert_allclose(run(0), w[0] / 0.5, atol=1e-5)
+
+
+@pytest.mark.parametrize("constraint", ["sphere", "ball"])
+def test_norm_constraint_reaches_rho_w_over_norm_w_and_holds_every_step(constraint):
+    """With ||x|| = rho (or <= rho, active), the optimum of w.x is rho w / ||w||."""
+    w, f = _linear()
+    rho = 3.0
+    res = optimize.visualize(f, obj.class_score([0, 1, 2, 3]), key=jax.random.key(0), num_steps=100,
+                             optimizer=optax.sgd(0.1), image_shape=SHAPE, radius=rho, constraint=constraint,
+                             parameterization=parameterizations.Pixels(init_scale=0.1))
+    expected = rho * w / jnp.linalg.norm(w.reshape(K, -1), axis=1)[:, None, None, None]
+    np.testing.assert_allclose(res.image, expected, atol=1e-5)
+    if constraint == "sphere":
+        np.testing.assert_allclose(res.norms / rho, 1.0, atol=1e-5)  # after every step
+    else:
+        assert np.all(res.norms <= rho * (1 + 1e-6))
+
+
+def test_ball_inactive_when_unconstrained_optimum_is_inside():
+    w, f = _linear()
+    lam = 0.5
+    rho = 2.0 * float(jnp.linalg.norm(w[1])) / (2 * lam)
+    res = optimize.visualize(f, obj.class_score(1) - lam * obj.l2(), key=jax.random.key(0), num_steps=40,
+                             optimizer=SGD, image_shape=SHAPE, radius=rho, constraint="ball")
+    np.testing.assert_allclose(res.image[0], w[1] / (2 * lam), atol=1e-5)
+
+
+def test_box_constraint_gives_the_box_corner_for_a_linear_score():
+    w, f = _linear()
+    res = optimize.visualize(f, obj.class_score(2), key=jax.random.key(0), num_steps=3,
+                             optimizer=optax.sgd(1e4), image_shape=SHAPE, box=(-1.0, 0.5))
+    np.testing.assert_array_equal(res.image[0], np.where(w[2] > 0, 0.5, -1.0))
+
+
+# ---- objectives ----------------------------------------------------------------------------
+def test_objectives_compose_as_weighted_sums(tiny):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 8, 3)), jnp.float32)
+    logits, feats = optimize.forward_fn(tiny)(x)
+    combo = 2.0 * obj.class_score(1) - obj.channel("conv", 3) + 0.5 * obj.channel("conv", 2, position=(1, 4)) \
+        - 0.1 * obj.l2() - 0.01 * obj.l1() - 0.2 * obj.total_variation()
+    expected = (2 * logits[1] - feats["conv"][..., 3].mean() + 0.5 * feats["conv"][1, 4, 2]
+                - 0.1 * jnp.sum(x * x) - 0.01 * jnp.sum(jnp.abs(x))
+                - 0.2 * (jnp.abs(jnp.diff(x, axis=0)).sum() + jnp.abs(jnp.diff(x, axis=1)).sum()))
+    np.testing.assert_allclose(combo(x, feats, logits), expected, rtol=1e-5)
+    assert obj.channel("conv", 0, position="center")(x, feats, logits) == feats["conv"][4, 4, 0]
+    assert obj.channel("pool", 5)(x, feats, logits) == feats["pool"][5]
+    assert combo.layers() == {"conv"}
+
+
+def test_blur_penalty_gradient_moves_towards_the_blurred_image():
+    x = jnp.asarray(np.random.default_rng(2).normal(size=(9, 7, 3)), jnp.float32)
+    g = jax.grad(lambda x: obj.blur(1.0)(x, {}, None))(x)
+    np.testing.assert_allclose(g, x - gaussian_blur(x, 1.0), atol=1e-6)
+    np.testing.assert_allclose(gaussian_blur(jnp.ones((9, 7, 3)), 1.5), 1.0, atol=1e-6)
+
+
+def test_custom_objective_with_per_target_params_batches(tiny):
+    w, f = _linear()
+    fn = lambda image, feats, logits, v: jnp.vdot(v, image) - jnp.sum(image * image)
+    vs = jnp.stack([w[0], w[3]])
+    res = optimize.visualize(f, obj.objective(fn, vs), key=jax.random.key(0), num_steps=40, optimizer=SGD,
+                             image_shape=SHAPE)
+    np.testing.assert_allclose(res.image, vs / 2, atol=1e-5)
+
+
+# ---- batching, keys, compilation -------------------------------------------------------------
+LUCID = dict(parameterization=parameterizations.LucidImage((-1.0,), (1.0,)),
+             transforms=(tr.Pad(2), tr.Jitter(2), tr.RandomRotate((-10.0, 5.0))))
+
+
+@pytest.mark.parametrize("setting", ["pixels", "lucid"])
+def test_batched_targets_equal_one_at_a_time(tiny, setting):
+    kw = dict(key=jax.random.key(3), num_steps=6, optimizer=ADAM)
+    if setting == "lucid":
+        kw.update(LUCID)
+    objective = obj.class_score([0, 3, 1]) - 1e-3 * obj.l2()
+    batched = optimize.visualize(tiny, objective, **kw)
+    single = jax.jit(lambda c: optimize.maximize(tiny, obj.class_score(c) - 1e-3 * obj.l2(), **kw))
+    for i, c in enumerate([0, 3, 1]):
+        one = single(c)
+        np.testing.assert_allclose(batched.image[i], one.image, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(batched.values[i], one.values, rtol=1e-5, atol=1e-6)
+    if setting == "pixels":  # chunks of targets (the last one padded) and of steps change nothing
+        chunked = optimize.visualize(tiny, objective, chunk_size=2, steps_per_call=3, **kw)
+        np.testing.assert_allclose(chunked.image, batched.image, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(chunked.values, batched.values, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("target", ["class", "channel", "position"])
+def test_objective_increases(tiny, target):
+    objective = {"class": obj.class_score([0, 2]), "channel": obj.channel("conv", [1, 7]),
+                 "position": obj.channel("conv", [1, 7], position=(3, 3))}[target]
+    res = optimize.visualize(tiny, objective - 1e-3 * obj.l2(), key=jax.random.key(0), num_steps=25,
+                             optimizer=ADAM, parameterization=parameterizations.Pixels(0.1))
+    assert np.all(res.values[:, -1] > res.values[:, 0] + 0.1)
+
+
+def test_same_key_same_image_other_key_other_image(tiny):
+    kw = dict(num_steps=5, optimizer=ADAM, **LUCID)
+    a = optimize.visualize(tiny, obj.class_score([1, 2]), key=jax.random.key(7), **kw)
+    b = optimize.visualize(tiny, obj.class_score([1, 2]), key=jax.random.key(7), **kw)
+    c = optimize.visualize(tiny, obj.class_score([1, 2]), key=jax.random.key(8), **kw)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert np.abs(a.image - c.image).max() > 1e-3
+
+
+def test_repeat_call_does_not_recompile(tiny):
+    kw = dict(key=jax.random.key(0), num_steps=3, optimizer=ADAM, radius=10.0,
+              parameterization=parameterizations.Pixels(0.1))
+    optimize.visualize(tiny, obj.class_score([0, 1]) - 1e-3 * obj.l2(), **kw)
+    before = optimize._run_many._cache_size(), optimize._init_many._cache_size()
+    # other targets, other weights, other radius, other key: data, not static options
+    kw.update(radius=5.0, key=jax.random.key(1))
+    optimize.visualize(tiny, obj.class_score([3, 2]) - 0.5 * obj.l2(), **kw)
+    assert (optimize._run_many._cache_size(), optimize._init_many._cache_size()) == before
+
+
+def test_lucid_image_stays_in_the_pixel_box(tiny):
+    low, high = parameterizations.pixel_box(tiny)
+    assert low == (-127 / 128,) and high == (1.0,)
+    p = parameterizations.LucidImage(low, high)
+    params = p.init(jax.random.key(0), (8, 8, 3))
+    assert params.shape == (2, 8, 5, 3)
+    image = p(100.0 * params)
+    assert image.shape == (8, 8, 3) and float(image.min()) >= low[0] and float(image.max()) <= high[0]
+
+
+def test_transforms_shapes_and_identities():
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(10, 12, 3)), jnp.float32)
+    key = jax.random.key(0)
+    assert tr.Pad(3)(key, x).shape == (16, 18, 3)
+    assert tr.apply(tr.standard(), key, x).shape == (34, 36, 3)
+    np.testing.assert_allclose(tr.RandomScale((1.0,))(key, x), x, atol=1e-5)
+    np.testing.assert_allclose(tr.RandomRotate((0.0,))(key, x), x, atol=1e-5)
+    np.testing.assert_allclose(tr.RandomScaleRotate((1.0,), (0.0,))(key, x), x, atol=1e-5)
+    np.testing.assert_array_equal(tr.Jitter(1)(key, x), x)
+    np.testing.assert_allclose(tr.RandomRotate((180.0,))(key, x), x[::-1, ::-1], atol=1e-4)
+
+
+# ---- presets --------------------------------------------------------------------------------
+def test_paper_preset_starts_from_the_training_mean(tiny):
+    vis = presets.class_model(tiny, [0, 1], num_steps=1, learning_rate=1e-6)
+    assert vis.pixels.dtype == np.uint8 and vis.pixels.shape == (2, 8, 8, 3)
+    assert np.all(vis.pixels == 127)  # the zero image of model space is uint8 127
+    assert np.all(vis.norms < 1e-3)
+
+
+def test_sphere_preset_holds_the_radius(tiny):
+    vis = presets.neuron_model(tiny, "conv", [0, 5], key=jax.random.key(0), num_steps=5, radius=4.0)
+    np.testing.assert_allclose(vis.norms / 4.0, 1.0, atol=1e-5)
+
+
+# ---- bad input ------------------------------------------------------------------------------
+def _call(tiny, objective=None, **kw):
+    args = dict(key=jax.random.key(0), num_steps=2, optimizer=ADAM)
+    args.update(kw)
+    return optimize.visualize(tiny, obj.class_score(0) if objective is None else objective, **args)
+
+
+@pytest.mark.parametrize(
+    "objective,kw,message",
+    [
+        (obj.channel("nope", 0), {}, r"unknown layer 'nope'; choose one of conv, pool"),
+        (obj.channel("conv", 8), {}, r"channel 8 out of range for layer 'conv' with 8 channels"),
+        (obj.channel("conv", [1, -1]), {}, r"channel -1 out of range"),
+        (obj.channel("conv", 0, position=(8, 0)), {}, r"position \[8, 0\] out of range for layer 'conv' of size 8x8"),
+        (obj.channel("pool", 0, position="center"), {}, r"layer 'pool' has no spatial positions"),
+        (obj.class_score(4), {}, r"class index 4 out of range \[0, 4\)"),
+        (obj.class_score([0, 1]) + obj.channel("conv", [1, 2, 3]), {}, r"different numbers of targets: \[2, 3\]"),
+        (None, dict(num_steps=0), r"num_steps must be a positive int, got 0"),
+        (None, dict(num_steps=2.5), r"num_steps must be a positive int, got 2.5"),
+        (None, dict(radius=0.0, parameterization=parameterizations.Pixels(0.1)), r"radius must be a positive number, got 0.0"),
+        (None, dict(radius=-2), r"radius must be a positive number, got -2"),
+        (None, dict(radius=1.0), r"the sphere constraint needs a non-zero start"),
+        (None, dict(constraint="cube", radius=1.0), r"constraint must be one of sphere, ball, got 'cube'"),
+        (None, dict(box=(1.0, -1.0)), r"box must be \(low, high\) with low < high"),
+        (None, dict(chunk_size=0), r"chunk_size must be a positive int, got 0"),
+        (None, dict(key=None), r"pass key=jax.random.key\(seed\)"),
+    ],
+)
+def test_bad_input_is_a_clear_error(tiny, objective, kw, message):
+    with pytest.raises(ValueError, match=message):
+        _call(tiny, objective, **kw)
+
+
+def test_bad_input_elsewhere(tiny):
+    w, f = _linear()
+    with pytest.raises(ValueError, match="a bare logit function has no named features: pass a Model"):
+        optimize.visualize(f, obj.channel("conv", 0), key=jax.random.key(0), num_steps=1, optimizer=ADAM,
+                           image_shape=SHAPE)
+    with pytest.raises(ValueError, match=r"a bare logit function needs image_shape=\(H, W, C\)"):
+        optimize.visualize(f, obj.class_score(0), key=jax.random.key(0), num_steps=1, optimizer=ADAM)
+    with pytest.raises(ValueError, match=r"class_score: classes must be an int or a sequence of ints"):
+        obj.class_score("cat")
+    with pytest.raises(ValueError, match="unknown preset 'dream'; choose one of paper, sphere, lucid"):
+        presets.class_model(tiny, 0, preset="dream")
+    with pytest.raises(ValueError, match="preset 'lucid' is random: pass key"):
+        presets.class_model(tiny, 0, preset="lucid")
+    with pytest.raises(ValueError, match="class index 1000 out of range"):
+        presets.class_model(tiny, 1000)
+    with pytest.raises(ValueError, match="unknown option.* lr"):
+        presets.class_model(tiny, 0, lr=0.1)
+    with pytest.raises(TypeError, match="optimizer must be an optax.GradientTransformation"):
+        _call(tiny, optimizer="adam")
+
+
+# ---- the real model: the paper's target ------------------------------------------------------
+@pytest.mark.slow
+def test_paper_class_models_are_top1_with_high_confidence(model):
+    """Sec. 2 on EfficientNet-Lite0: each class model is its class's top-1 with softmax >= 0.9."""
+    classes = [130, 967]  # flamingo, espresso
+    vis = presets.class_model(model, classes, num_steps=30)
+    for probs, c in zip((model.predict(list(vis.pixels), top=1)), classes):
+        assert probs[0][0] == c and probs[0][2] >= 0.9, probs
+    assert np.all(vis.values[:, -1] > vis.values[:, 0] + 10)
