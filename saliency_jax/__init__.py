@@ -16,6 +16,7 @@ from saliency_jax.attribution import (
 )
 from saliency_jax.images import ImageError, bundled_images, load_image
 from saliency_jax.maps import saliency_map
+from saliency_jax.maximize import class_model, neuron_model, visualize
 from saliency_jax.models import available_models, imagenet_labels, load_model
 from saliency_jax.models.model import Model
 
@@ -31,6 +32,9 @@ __all__ = [
     "Model",
     "available_models",
     "bundled_images",
+    "class_model",
+    "neuron_model",
+    "visualize",
     "imagenet_labels",
     "load_image",
     "load_model",

@@ -1,0 +1,184 @@
+"""Benchmark: class-model optimisation throughput (target-steps/s) at 224x224, JAX vs Lucent.
+
+Run:
+    python experiments/bench_maximize.py              # 1, 8, 32 targets; JAX presets + Lucent both mallocs
+    python experiments/bench_maximize.py --quick      # 1 and 4 targets, 3 steps (smoke test)
+
+One target-step is one gradient-ascent step on one image. JAX (`saliency_jax.maximize.visualize`)
+runs every target in one vmapped, jit-compiled `lax.scan`; it is timed on a second call (the
+first call's extra time is reported as compilation). Two settings:
+
+- "lucid" (Fourier + decorrelated-colour image, Lucid's standard transforms, Adam 0.05), the
+  like-for-like comparison with Lucent's defaults;
+- "paper" (pixels, L2 penalty, no transforms), which Lucent has no equivalent of.
+
+Lucent (PyPI `torch-lucent`, `render_vis` with its default image parameterisation and
+`standard_transforms`, Adam 0.05) maximises the class logit of the reference PyTorch
+EfficientNet-Lite0 (`efficientnet-lite-pytorch`, same weights), one target per batch image
+(objective `channel("_fc", c, batch=i)` summed), input mapped to the model's (x*255-127)/128.
+It runs in subprocesses with glibc's default malloc and with the allocator tuned (see
+PERF_NOTES.md). Lucent imports `torchvision.transforms.Normalize` only for preprocessing we do
+not use; PyPI's torchvision wheels are CUDA builds that do not load beside the CPU torch, so a
+stand-in module provides that one class when torchvision cannot be imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+CLASSES = [130, 285, 967, 9, 99, 250, 251, 278, 508, 543, 627, 897, 945, 951, 968, 1,
+           2, 17, 22, 80, 144, 291, 309, 340, 386, 409, 417, 430, 457, 504, 717, 980]
+
+
+def bench_jax(targets, steps, presets):
+    import jax
+
+    import saliency_jax
+    from saliency_jax.maximize import class_score, preset_options, visualize
+
+    model = saliency_jax.load_model()
+    out = {}
+    for preset in presets:
+        for t in targets:
+            options = preset_options(preset, model, class_score(CLASSES[:t]), num_steps=steps)
+            key = jax.random.key(0)
+            start = time.perf_counter()
+            visualize(model, key=key, **options)
+            first = time.perf_counter() - start
+            start = time.perf_counter()
+            visualize(model, key=jax.random.key(1), **options)
+            run = time.perf_counter() - start
+            out[f"{preset} target-steps/s ({t})"] = t * steps / run
+            out[f"{preset} compile s ({t})"] = max(first - run, 0.0)
+            print(f"  jax {preset} {t} targets: {t * steps / run:.2f} target-steps/s, "
+                  f"compile {first - run:.1f} s", file=sys.stderr, flush=True)
+    return out
+
+
+def _torchvision_stand_in():
+    """Provides torchvision.transforms.Normalize if torchvision cannot be imported (see docstring)."""
+    try:
+        import torchvision.transforms  # noqa: F401
+        return False
+    except Exception:  # the CUDA wheel fails beside CPU torch (missing libc10_cuda / operators)
+        pass
+    import types
+
+    import torch
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+
+    class Normalize(torch.nn.Module):
+        def __init__(self, mean, std):
+            super().__init__()
+            self.mean = torch.tensor(mean)[:, None, None]
+            self.std = torch.tensor(std)[:, None, None]
+
+        def forward(self, x):
+            return (x - self.mean) / self.std
+
+    tv, tr = types.ModuleType("torchvision"), types.ModuleType("torchvision.transforms")
+    tr.Normalize = Normalize
+    tv.transforms = tr
+    sys.modules["torchvision"], sys.modules["torchvision.transforms"] = tv, tr
+    return True
+
+
+def bench_lucent(targets, steps):
+    import torch
+
+    stand_in = _torchvision_stand_in()
+    from efficientnet_lite_pytorch import EfficientNet
+    from lucent.optvis import objectives, param, render, transform
+
+    from saliency_jax.models import weights_path
+
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
+    net.eval().requires_grad_(False)
+    to_model_space = lambda x: (x * 255.0 - 127.0) / 128.0  # noqa: E731
+    out = {"threads": torch.get_num_threads(), "torchvision stand-in": stand_in}
+
+    def run(t, n):
+        objective = sum(objectives.channel("_fc", c, batch=i) for i, c in enumerate(CLASSES[:t]))
+        render.render_vis(net, objective, lambda: param.image(224, batch=t),
+                          transforms=transform.standard_transforms + [to_model_space], thresholds=(n,),
+                          preprocess=False, progress=False, show_image=False)
+
+    for t in targets:
+        run(t, 1)  # warm-up
+        start = time.perf_counter()
+        run(t, steps)
+        out[f"lucent target-steps/s ({t})"] = t * steps / (time.perf_counter() - start)
+    return out
+
+
+def _lucent_subprocess(targets, steps, tuned: bool):
+    env = dict(os.environ)
+    if tuned:
+        env["GLIBC_TUNABLES"] = TUNED_MALLOC
+    cmd = [sys.executable, __file__, "--lucent-only", "--targets", ",".join(map(str, targets)),
+           "--steps", str(steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default="1,8,32")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--presets", default="lucid,paper")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-lucent", action="store_true")
+    parser.add_argument("--lucent-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    targets = [1, 4] if args.quick else [int(t) for t in args.targets.split(",")]
+    steps = 3 if args.quick else args.steps
+    if args.lucent_only:
+        print(json.dumps(bench_lucent(targets, steps)))
+        return
+
+    import jax
+
+    presets = args.presets.split(",")
+    jx = bench_jax(targets, steps, presets)
+    rows = {}
+    if not args.no_lucent:
+        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, tuned=False)
+        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, tuned=True)
+
+    print(f"\njax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores), {steps} timed steps, "
+          f"224x224, EfficientNet-Lite0\n")
+    print("| target-steps/s | " + " | ".join(f"{t} target{'s' * (t > 1)}" for t in targets) + " |")
+    print("|---" * (len(targets) + 1) + "|")
+    for preset in presets:
+        print(f"| saliency_jax, {preset} preset | "
+              + " | ".join(f"{jx[f'{preset} target-steps/s ({t})']:.2f}" for t in targets) + " |")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"| {name} | {r['error']} |")
+            continue
+        print(f"| {name} | " + " | ".join(f"{r[f'lucent target-steps/s ({t})']:.2f}" for t in targets) + " |")
+    good = {n: r for n, r in rows.items() if "error" not in r}
+    if good and "lucid" in presets:
+        best = max(max(r[f"lucent target-steps/s ({t})"] for t in targets) for r in good.values())
+        print(f"| saliency_jax lucid / Lucent's best ({best:.2f}) | "
+              + " | ".join(f"{jx[f'lucid target-steps/s ({t})'] / best:.2f}x" for t in targets) + " |")
+    print()
+    for preset in presets:
+        print(f"- compile, {preset} preset: "
+              + ", ".join(f"{jx[f'{preset} compile s ({t})']:.1f} s ({t})" for t in targets))
+    for name, r in good.items():
+        print(f"- {name}: torch threads {r['threads']}, torchvision stand-in {r['torchvision stand-in']}")
+
+
+if __name__ == "__main__":
+    main()
