@@ -505,7 +505,7 @@ def run_batch(args) -> int:
     from saliency_jax import load_model, render
     from saliency_jax.attribution.api import METHODS
     from saliency_jax.data import open_source
-    from saliency_jax.jobs import JobError, run_batch_job
+    from saliency_jax.jobs import JobError, ensure_writable, run_batch_job
 
     if args.save_png and args.cmap not in render.colormap_names():
         raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
@@ -515,6 +515,10 @@ def run_batch(args) -> int:
     if ignored:
         raise CliError(f"method {args.method!r} takes none of: {', '.join(ignored)}")
     source = open_source(args.source, data_dir=args.data_dir, manual_dir=args.manual_dir, labels=args.labels)
+    try:
+        ensure_writable(args.out)  # fail in one line before the model loads
+    except JobError as err:
+        raise CliError(str(err)) from None
     model = load_model(args.model)
     print(f"{source.spec}: {source.num_examples} images -> {args.out}/ ({args.method}, targets {args.targets})",
           file=sys.stderr)
