@@ -72,22 +72,16 @@ def _targets_spec(targets, source: Source, num_classes: int):
     return value
 
 
-def _split_shard(examples: list[Example], targets, num_classes: int):
-    """(good examples with their target, error examples) — a bad label is an error too."""
-    good, bad = [], []
-    for ex in examples:
-        if ex.error is not None:
-            bad.append(ex)
-            continue
-        if targets == "label":
-            if ex.label == NO_LABEL or not 0 <= ex.label < num_classes:
-                bad.append(dataclasses.replace(ex, image=None, error=f"label {ex.label} is not a class of the "
-                                                                     f"model (0..{num_classes - 1})"))
-                continue
-            good.append((ex, ex.label))
-        else:
-            good.append((ex, -1 if targets == "top1" else targets))
-    return good, bad
+def _classify(ex: Example, targets, num_classes: int):
+    """(example, target) for a usable image, or (example with its error, None) — a bad label is an error too."""
+    if ex.error is not None:
+        return ex, None
+    if targets == "label":
+        if ex.label == NO_LABEL or not 0 <= ex.label < num_classes:
+            return dataclasses.replace(ex, image=None, error=f"label {ex.label} is not a class of the model "
+                                                             f"(0..{num_classes - 1})"), None
+        return ex, ex.label
+    return ex, (-1 if targets == "top1" else targets)
 
 
 def _strings(values) -> np.ndarray:
@@ -154,8 +148,9 @@ def run_batch_job(
     out = pathlib.Path(out_dir) if pc == 1 else pathlib.Path(out_dir) / f"process-{pi:05d}-of-{pc:05d}"
     options = dict(options or {})
     mesh = data_mesh() if mesh is None else mesh
+    maps_dtype = np.float16 if float16 else np.float32
     step, batch = make_step(model, method, batch_size=batch_size, key=jax.random.key(seed), options=options,
-                            mesh=mesh, dtype=np.float16 if float16 else np.float32)
+                            mesh=mesh, dtype=maps_dtype)
     config = {
         "format": FORMAT_VERSION, "source": source.spec, "source_fingerprint": source.fingerprint,
         "source_size": source.num_examples, "slice": [start, stop], "process": [pi, pc],
@@ -195,17 +190,21 @@ def run_batch_job(
         for k in range(done, num_shards):
             lo = start + k * shard_size
             count = min(shard_size, stop - lo)
-            shard_examples = []
-            for _ in range(count):
+            good, bad = [], []
+            batcher = _Batcher(step, batch, report, model.input_size, maps_dtype)
+            for _ in range(count):  # batches go to the devices as soon as they fill
                 ex = next(stream, None)
                 if ex is None:
                     raise JobError(f"{source.spec!r} ended early: expected {stop - start} images, the source "
                                    "changed while the job ran")
-                shard_examples.append(ex)
-                if ex.error is not None:
+                ex, target = _classify(ex, targets, model.num_classes)
+                if target is None:
+                    bad.append(ex)
                     report(1)
-            good, bad = _split_shard(shard_examples, targets, model.num_classes)
-            outputs = _compute(step, batch, good, report)
+                else:
+                    good.append((ex, target))
+                    batcher.add(ex.image, target)
+            outputs = batcher.finish()
             arrays = _shard_arrays(lo, lo + count, good, bad, outputs)
             overlays = _overlays(good, outputs.maps, cmap) if save_png else ()
             if pending_write is not None:
@@ -226,39 +225,51 @@ def run_batch_job(
 
 
 class _Outputs:
-    def __init__(self, parts, n, size):
-        cat = (lambda i, dtype, shape: np.concatenate([p[i] for p in parts]) if parts
-               else np.zeros((0, *shape), dtype))
-        self.maps = cat(0, np.float32, size)
-        self.target, self.predicted = cat(1, np.int32, ()), cat(2, np.int32, ())
-        self.score, self.target_score = cat(3, np.float32, ()), cat(4, np.float32, ())
+    """A shard's step outputs, concatenated (empty arrays when the shard had no usable image)."""
+
+    def __init__(self, parts, size: tuple[int, int], dtype):
+        def cat(i, dtype):
+            return np.concatenate([p[i] for p in parts]) if parts else np.zeros((0,), dtype)
+
+        self.maps = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, *size), dtype)
+        self.target, self.predicted = cat(1, np.int32), cat(2, np.int32)
+        self.score, self.target_score = cat(3, np.float32), cat(4, np.float32)
 
 
-def _compute(step, batch: int, good, report) -> _Outputs:
-    """Runs the good images of one shard in fixed-size batches, one batch in flight ahead."""
-    parts, inflight = [], collections.deque()
-    size = good[0][0].image.shape[:2] if good else (0, 0)
+class _Batcher:
+    """Feeds fixed-size batches to the step, one batch in flight ahead; the last one padded."""
 
-    def collect():
-        n, result = inflight.popleft()
-        out = fetch(result)
-        parts.append(tuple(a[:n] for a in out))
-        report(n)
+    def __init__(self, step, batch: int, report, size: tuple[int, int], dtype):
+        self.step, self.batch, self.report, self.size, self.dtype = step, batch, report, size, dtype
+        self.pixels, self.targets, self.parts, self.inflight = [], [], [], collections.deque()
 
-    for lo in range(0, len(good), batch):
-        chunk = good[lo:lo + batch]
-        pixels = np.stack([ex.image for ex, _ in chunk])
-        targets = np.array([t for _, t in chunk], np.int32)
-        if len(chunk) < batch:  # pad by repeating the last image: valid input, outputs dropped
-            fill = batch - len(chunk)
-            pixels = np.concatenate([pixels, np.repeat(pixels[-1:], fill, axis=0)])
-            targets = np.concatenate([targets, np.repeat(targets[-1:], fill)])
-        inflight.append((len(chunk), step(pixels, targets)))
-        if len(inflight) > 1:
-            collect()
-    while inflight:
-        collect()
-    return _Outputs(parts, len(good), size)
+    def add(self, image: np.ndarray, target: int) -> None:
+        self.pixels.append(image)
+        self.targets.append(target)
+        if len(self.pixels) == self.batch:
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        n, fill = len(self.pixels), self.batch - len(self.pixels)
+        # Pad by repeating the last image: valid input; the padding's outputs are dropped.
+        pixels = np.stack(self.pixels + self.pixels[-1:] * fill)
+        targets = np.array(self.targets + self.targets[-1:] * fill, np.int32)
+        self.pixels, self.targets = [], []
+        self.inflight.append((n, self.step(pixels, targets)))
+        if len(self.inflight) > 1:
+            self._collect()
+
+    def _collect(self) -> None:
+        n, result = self.inflight.popleft()
+        self.parts.append(tuple(a[:n] for a in fetch(result)))
+        self.report(n)
+
+    def finish(self) -> "_Outputs":
+        if self.pixels:
+            self._dispatch()
+        while self.inflight:
+            self._collect()
+        return _Outputs(self.parts, self.size, self.dtype)
 
 
 def _shard_arrays(lo: int, hi: int, good, bad, outputs: _Outputs) -> dict:
