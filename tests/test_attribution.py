@@ -13,6 +13,7 @@ from saliency_jax.attribution.integrated_gradients import integrated_gradients, 
 from saliency_jax.attribution.sampling import sample_sum
 from saliency_jax.attribution.smoothgrad import smoothgrad
 from saliency_jax.models.model import Model
+from tiny_models import tiny_model
 
 H, W, C, K = 6, 5, 3, 4
 
@@ -24,26 +25,9 @@ def _linear(seed=0):
     return w, (lambda x: jnp.einsum("khwc,hwc->k", w, x) + b)
 
 
-class TinyConvNet(nn.Module):
-    """A small ReLU ConvNet with a named spatial feature (for Grad-CAM) and max pooling."""
-
-    @nn.compact
-    def __call__(self, x):
-        y = nn.relu(nn.Conv(8, (3, 3))(x))
-        y = self.perturb("conv", y)
-        feats = {"conv": y}
-        y = nn.max_pool(y, (2, 2), strides=(2, 2))
-        y = jnp.tanh(nn.Conv(6, (3, 3))(y))
-        feats["pool"] = y.mean(axis=(1, 2))
-        return nn.Dense(K)(feats["pool"]), feats
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    module = TinyConvNet()
-    variables = module.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
-    return Model("tiny", module, {"params": variables["params"]}, (8, 8), (0.0,), (1.0,),
-                 tuple(f"class{i}" for i in range(K)), ("conv", "pool"))
+    return tiny_model((8, 8), K)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +96,7 @@ def test_ig_completeness_on_analytic_function():
 @pytest.mark.parametrize("rule", ["midpoint", "trapezoid"])
 def test_ig_completeness_on_convnet_within_one_percent(tiny, tiny_x, rule):
     baseline = jnp.zeros_like(tiny_x[0])
-    ig = api.attribute(tiny, tiny_x[:1], jnp.array([1]), method="ig", num_steps=128, rule=rule)
+    ig = api.attribute(tiny, tiny_x[:1], jnp.array([1]), method="ig", num_steps=512, rule=rule)
     delta = tiny.logit_fn(tiny_x[0])[1] - tiny.logit_fn(baseline)[1]
     assert abs(float(ig.sum()) - float(delta)) <= 0.01 * abs(float(delta))
 

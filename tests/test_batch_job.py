@@ -9,7 +9,6 @@ import sys
 import textwrap
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,34 +20,15 @@ from saliency_jax.data import FolderSource, open_source
 from saliency_jax.jobs import INDEX_COLUMNS, JobError, load_outputs, run_batch_job
 from saliency_jax.jobs import store as store_lib
 from saliency_jax.models.model import Model
+from tiny_models import tiny_model as make_tiny_model
 
 K = 10
 SIZE = (32, 32)
 
 
-class TinyConvNet(nn.Module):
-    """A small ReLU ConvNet with named features (the pattern of tests/test_attribution.py)."""
-
-    @nn.compact
-    def __call__(self, x):
-        y = nn.relu(nn.Conv(8, (3, 3))(x))
-        y = self.perturb("conv", y)
-        feats = {"conv": y}
-        y = nn.max_pool(y, (2, 2), strides=(2, 2))
-        y = jnp.tanh(nn.Conv(6, (3, 3))(y))
-        feats["pool"] = y.mean(axis=(1, 2))
-        return nn.Dense(K)(feats["pool"]), feats
-
-
 def tiny_model() -> Model:
-    """A `Model` at 32x32 with K=10 classes, fixed weights (key 0)."""
-    module = TinyConvNet()
-    # Shapes from an abstract init (no compilation), values from a seeded NumPy generator: fast and fixed.
-    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, *SIZE, 3)))
-    rng = np.random.default_rng(0)
-    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype), shapes)
-    return Model("tiny", module, {"params": variables["params"]}, SIZE, (127.5,), (64.0,),
-                 tuple(f"class{i}" for i in range(K)), ("conv", "pool"))
+    """A `Model` at 32x32 with K=10 classes, fixed weights."""
+    return make_tiny_model(SIZE, K, mean=127.5, std=64.0)
 
 
 def write_images(root, n: int, *, seed: int = 0, classes=None, size=(40, 48)):
