@@ -82,9 +82,8 @@ def main():
         tiles += [np.asarray(Image.fromarray(p).resize((args.tile, args.tile), Image.Resampling.LANCZOS))
                   for p in shown]
     grid = render.montage(tiles, labels=captions, cols=6 if len(classes) > 6 else len(classes))
-    out.parent.mkdir(parents=True, exist_ok=True)
     # Class models are noise-like; a 256-colour palette keeps the PNG small (< 500 KB).
-    Image.fromarray(grid).quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)
+    render.save_png(out, grid, palette=True)
     print(f"\nwrote {out} ({out.stat().st_size // 1024} KB)")
 
 

@@ -69,12 +69,8 @@ def main():
                      "graph-cut mask", "box" if box else "no box"]
         print(f"{name}: {label} ({c}) box {found.box} mask {100 * found.mask.mean():.1f}% of the photo")
     grid = render.montage(tiles, cols=5, labels=captions)
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A 256-colour palette keeps the committed figure small.
-    Image.fromarray(grid).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True
-    )
+    # A 256-colour palette keeps the committed figure small (noisy maps compress poorly).
+    path = render.save_png(args.out, grid, palette=True)
     print(f"wrote {path} ({grid.shape[1]}x{grid.shape[0]}, {path.stat().st_size // 1024} KB)")
 
 

@@ -53,12 +53,8 @@ def main():
             tiles.append(render.colorize(columns[method][i], size=size))
             labels.append(method)
     grid = render.montage(tiles, cols=len(METHODS) + 1, labels=labels)
-    path = pathlib.Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # A 256-colour palette keeps the committed figure small (noisy maps compress poorly).
-    Image.fromarray(grid).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True
-    )
+    path = render.save_png(args.out, grid, palette=True)
     print(f"wrote {path} ({grid.shape[1]}x{grid.shape[0]}, {path.stat().st_size // 1024} KB)")
 
 

@@ -153,3 +153,15 @@ def test_bad_inputs_have_clear_messages():
         render.montage([_photo()], pad=-1)
     with pytest.raises(ValueError, match="background must be an int or"):
         render.montage([_photo()], background=300)
+
+
+def test_save_png_palette_is_smaller_and_close(tmp_path):
+    rng = np.random.default_rng(0)
+    image = np.repeat(np.repeat(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), 4, 0), 4, 1)
+    full = render.save_png(tmp_path / "full.png", image)
+    small = render.save_png(tmp_path / "small" / "pal.png", image, palette=True)
+    assert small.stat().st_size < full.stat().st_size
+    back = np.asarray(Image.open(small).convert("RGB"), np.int32)
+    assert back.shape == image.shape and np.abs(back - image).mean() < 12
+    with pytest.raises(ValueError, match="expected an RGB image"):
+        render.save_png(tmp_path / "bad.png", image[..., 0], palette=True)
