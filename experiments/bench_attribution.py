@@ -50,13 +50,12 @@ import json
 import os
 import re
 import resource
-import subprocess
 import sys
 import time
 import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import TUNED_MALLOC, _best_rate  # noqa: E402
+from bench_common import best_rate, json_subprocess, reference_torch_net  # noqa: E402
 
 METHODS = ("forward", "vanilla", "guided", "smoothgrad", "ig", "gradcam")
 TARGET = 285  # every image attributed to class 285 (Egyptian cat)
@@ -89,9 +88,6 @@ def _torch_maker():
     import torch.nn.functional as F
     from captum.attr import (GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel,
                              Saliency)
-    from efficientnet_lite_pytorch import EfficientNet
-
-    from saliency_jax.models import weights_path
 
     warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")  # "hooks set", "requires_grad set"
 
@@ -99,8 +95,7 @@ def _torch_maker():
         def forward(self, x):
             return F.relu6(x)
 
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
-    net.eval().requires_grad_(False)
+    net = reference_torch_net()
     for parent in list(net.modules()):
         for name, child in parent.named_children():
             if isinstance(child, torch.nn.ReLU6):
@@ -155,7 +150,7 @@ def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
             if job["memory"]:
                 res = {"rss_gib": _maxrss_gib(), "before_gib": before, "s": first}
             else:
-                rate = _best_rate(f, b, job["repeats"])
+                rate = best_rate(f, b, job["repeats"])
                 res = {"rate": rate, "compile_s": first - b / rate}
         except Exception as e:  # report and go on with the next job
             res = {"error": _error(e)}
@@ -166,12 +161,9 @@ def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
 
 
 def _worker(framework: str, jobs: list[dict], mem_limit_gb: float, tuned: bool = False) -> list[dict]:
-    env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC) if tuned else dict(os.environ)
-    cmd = [sys.executable, __file__, "--worker", framework, "--mem-limit-gb", str(mem_limit_gb), json.dumps(jobs)]
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
-    if proc.returncode != 0:
-        return [{"error": f"worker exited with code {proc.returncode}"}] * len(jobs)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--worker", framework, "--mem-limit-gb", str(mem_limit_gb), json.dumps(jobs)]
+    out = json_subprocess(__file__, args, tuned=tuned, stderr=None)  # stderr (progress) passes through
+    return [out] * len(jobs) if isinstance(out, dict) else out
 
 
 def _chunk(n: int, batch: int, max_live: int) -> int:

@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
-TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import json_subprocess, reference_torch_net  # noqa: E402
 CLASSES = [130, 285, 967, 9, 99, 250, 251, 278, 508, 543, 627, 897, 945, 951, 968, 1,
            2, 17, 22, 80, 144, 291, 309, 340, 386, 409, 417, 430, 457, 504, 717, 980]
 
@@ -95,13 +95,9 @@ def bench_lucent(targets, steps):
     import torch
 
     stand_in = _torchvision_stand_in()
-    from efficientnet_lite_pytorch import EfficientNet
     from lucent.optvis import objectives, param, render, transform
 
-    from saliency_jax.models import weights_path
-
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
-    net.eval().requires_grad_(False)
+    net = reference_torch_net()
     to_model_space = lambda x: (x * 255.0 - 127.0) / 128.0  # noqa: E731
     out = {"threads": torch.get_num_threads(), "torchvision stand-in": stand_in}
 
@@ -120,15 +116,8 @@ def bench_lucent(targets, steps):
 
 
 def _lucent_subprocess(targets, steps, tuned: bool):
-    env = dict(os.environ)
-    if tuned:
-        env["GLIBC_TUNABLES"] = TUNED_MALLOC
-    cmd = [sys.executable, __file__, "--lucent-only", "--targets", ",".join(map(str, targets)),
-           "--steps", str(steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps)]
+    return json_subprocess(__file__, args, tuned=tuned)
 
 
 def main():

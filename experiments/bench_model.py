@@ -15,21 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 
-TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
-
-
-def _best_rate(fn, batch: int, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return batch / min(times)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_common import best_rate, json_subprocess, reference_torch_net  # noqa: E402
 
 
 def bench_jax(batches, repeats, impl):
@@ -58,19 +49,15 @@ def bench_jax(batches, repeats, impl):
             t = time.perf_counter()
             jax.block_until_ready(f(*args))
             out[f"{name} compile s (batch {b})"] = time.perf_counter() - t
-            out[f"{name} img/s (batch {b})"] = _best_rate(lambda: jax.block_until_ready(f(*args)), b, repeats)
+            out[f"{name} img/s (batch {b})"] = best_rate(lambda: jax.block_until_ready(f(*args)), b, repeats)
     return out
 
 
 def bench_torch(batches, repeats):
     import numpy as np
     import torch
-    from efficientnet_lite_pytorch import EfficientNet
 
-    from saliency_jax.models import weights_path
-
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
-    net.eval().requires_grad_(False)  # input gradients only, as saliency needs
+    net = reference_torch_net()
     out = {"threads": torch.get_num_threads()}
     for b in batches:
         x = torch.from_numpy(np.random.default_rng(0).normal(size=(b, 3, 224, 224)).astype(np.float32))
@@ -85,20 +72,13 @@ def bench_torch(batches, repeats):
 
         for name, f in (("forward", forward), ("input gradient", input_gradient)):
             f()
-            out[f"{name} img/s (batch {b})"] = _best_rate(f, b, repeats)
+            out[f"{name} img/s (batch {b})"] = best_rate(f, b, repeats)
     return out
 
 
 def _torch_subprocess(batches, repeats, tuned: bool):
-    env = dict(os.environ)
-    if tuned:
-        env["GLIBC_TUNABLES"] = TUNED_MALLOC
-    cmd = [sys.executable, __file__, "--torch-only", "--batches", ",".join(map(str, batches)),
-           "--repeats", str(repeats)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args = ["--torch-only", "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
+    return json_subprocess(__file__, args, tuned=tuned)
 
 
 def main():
