@@ -76,7 +76,7 @@ def test_unknown_model_is_one_line(photos, capsys):
     assert cli.main(["predict", photos["coffee"], "--model", "resnet9"]) == 1
     assert capsys.readouterr().err.strip() == (
         "saliency-jax: error: unknown model 'resnet9'; available: efficientnet_lite0, efficientnet_lite1, "
-        "efficientnet_lite2"
+        "efficientnet_lite2, resnet50, vgg16"
     )
 
 

@@ -1,9 +1,20 @@
 """Reading pretrained weights from checkpoint files."""
 
+from saliency_jax.checkpoints.formats import detect_format, read_checkpoint
+from saliency_jax.checkpoints.keras_h5 import load_keras_weights
+from saliency_jax.checkpoints.safetensors_reader import load_safetensors
 from saliency_jax.checkpoints.torch_pickle import (
     CheckpointError,
     UnsafeCheckpointError,
     load_torch_checkpoint,
 )
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "UnsafeCheckpointError",
+    "detect_format",
+    "load_keras_weights",
+    "load_safetensors",
+    "load_torch_checkpoint",
+    "read_checkpoint",
+]

