@@ -1,7 +1,8 @@
 """Attribution methods: functions of a logit function `logit_fn(x[H,W,C]) -> logits[K]` and one image.
 
 Per-image functions (vmap them yourself) and the batched, jit-compiled
-`attribute` entry point. Backward rules (`deconvnet`, `guided_backprop`) are
+`attribute` entry point. Targets are classes or units of a named layer
+(`unit(layer, channel[, position])`). Backward rules (`deconvnet`, `guided_backprop`) are
 transforms of a function, so they reach every ReLU of any JAX model.
 """
 
@@ -11,10 +12,12 @@ from saliency_jax.attribution.gradients import TOP1, class_gradient, gradient_x_
 from saliency_jax.attribution.integrated_gradients import integrated_gradients
 from saliency_jax.attribution.rules import backward_rule, count_relus, deconvnet, guided_backprop
 from saliency_jax.attribution.smoothgrad import smoothgrad
+from saliency_jax.attribution.units import UnitTarget, project_activation, unit
 
 __all__ = [
     "METHODS",
     "TOP1",
+    "UnitTarget",
     "attribute",
     "available_methods",
     "backward_rule",
@@ -26,6 +29,8 @@ __all__ = [
     "guided_backprop",
     "guided_gradcam",
     "integrated_gradients",
+    "project_activation",
     "smoothgrad",
+    "unit",
     "vanilla_gradient",
 ]

@@ -24,6 +24,7 @@ from saliency_jax.attribution.gradients import TOP1, class_gradient, gradient_x_
 from saliency_jax.attribution.integrated_gradients import DEFAULT_NUM_STEPS, integrated_gradients
 from saliency_jax.attribution.rules import backward_rule
 from saliency_jax.attribution.smoothgrad import DEFAULT_NUM_SAMPLES, smoothgrad
+from saliency_jax.attribution.units import UnitTarget, check_unit_target
 from saliency_jax.batching import map_batches
 from saliency_jax.models.model import Model
 
@@ -36,13 +37,16 @@ def _rule_gradient(rule: str):
 class Method:
     """How to run one attribution method on one image.
 
-    `run(model, logit_fn, x, target, key, baseline, **options) -> [H,W,C]`.
+    `run(model, score_fn, x, target, key, baseline, **options) -> [H,W,C]`, where
+    `score_fn(x[H,W,C]) -> scores[K]` is the logit function for class targets, or
+    a layer's per-channel scores for unit targets, and `target` indexes it.
     """
 
     run: Callable
     options: tuple[str, ...] = ()
     needs_model: bool = False
     needs_key: bool = False
+    class_only: bool = False  # explains a class through the model's own logits (no unit targets)
     doc: str = ""
 
 
@@ -76,11 +80,12 @@ METHODS: dict[str, Method] = {
         _IG_OPTIONS, doc="integrated gradients",
     ),
     "gradcam": Method(
-        lambda m, f, x, t, k, b, **o: _gradcam.gradcam(m, x, t, **o), ("layer",), needs_model=True, doc="Grad-CAM"
+        lambda m, f, x, t, k, b, **o: _gradcam.gradcam(m, x, t, **o), ("layer",), needs_model=True, class_only=True,
+        doc="Grad-CAM"
     ),
     "guided_gradcam": Method(
         lambda m, f, x, t, k, b, **o: _gradcam.guided_gradcam(m, x, t, **o),
-        ("layer",), needs_model=True, doc="guided backprop x Grad-CAM",
+        ("layer",), needs_model=True, class_only=True, doc="guided backprop x Grad-CAM",
     ),
 }
 
@@ -104,7 +109,9 @@ def attribute(
     Args:
       model_or_fn: a `Model`, or any per-image logit function `[H,W,C] -> [K]`.
       x: preprocessed images [B,H,W,C] (model space), finite.
-      targets: "top1" (each image's predicted class), an int, or ints [B].
+      targets: "top1" (each image's predicted class), an int, ints [B], or a
+        unit of a named layer, `saliency_jax.attribution.unit(layer, channel[, position])`
+        (a `Model` only; not for Grad-CAM), whose activation is then explained.
       method: one of `available_methods()`.
       key: `jax.random` key; required by the noise-based methods. Every image in
         the batch uses the same key, so a map does not depend on its batch neighbours.
@@ -146,8 +153,14 @@ def attribute(
         samples = options.get("num_samples", options.get("num_steps", DEFAULT_NUM_STEPS if method == "ig"
                                                            else DEFAULT_NUM_SAMPLES))
         options["chunk_size"] = balanced_chunk(samples, -(-AUTO_CHUNK_IMAGES // images_per_call))
-    num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
-    targets = _check_targets(targets, len(x), num_classes)
+    if isinstance(targets, UnitTarget):
+        if spec.class_only:
+            raise ValueError(f"method {method!r} explains a class score; unit targets work with: "
+                             f"{', '.join(m for m, s in METHODS.items() if not s.class_only)}")
+        targets = check_unit_target(targets, model, x.shape[1:], len(x))
+    else:
+        num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
+        targets = _check_targets(targets, len(x), num_classes)
     if key is None:
         key = jax.random.key(0)  # unused by deterministic methods; keeps one signature
     if baseline is not None:
@@ -155,18 +168,27 @@ def attribute(
     run = functools.partial(_attribute_batch, fn=fn, method=method, options=tuple(sorted(options.items())))
     if batch_size is None:
         return run(model, x, targets, key, baseline)
-    arrays = (x, targets) if baseline is None else (x, targets, baseline)
-    return map_batches(lambda x, t, b=None: run(model, x, t, key, b), arrays, batch_size)
+    leaves, treedef = jax.tree.flatten(targets)  # a unit target's channel [B] (and position [B,2])
+    arrays = (x, *leaves) if baseline is None else (x, *leaves, baseline)
+
+    def run_chunk(x, *rest):
+        t = jax.tree.unflatten(treedef, rest[: len(leaves)])
+        return run(model, x, t, key, rest[len(leaves)] if baseline is not None else None)
+
+    return map_batches(run_chunk, arrays, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "method", "options"))
 def _attribute_batch(model, x, targets, key, baseline, *, fn, method, options):
     spec = METHODS[method]
     logit_fn = fn if fn is not None else (lambda image: model.apply(image[None])[0][0])
-    run = functools.partial(spec.run, model, logit_fn, **dict(options))
-    if baseline is None:
-        return jax.vmap(lambda xi, ti: run(xi, ti, key, None))(x, targets)
-    return jax.vmap(lambda xi, ti, bi: run(xi, ti, key, bi))(x, targets, baseline)
+
+    def one(xi, ti, bi):
+        if isinstance(ti, UnitTarget):  # the layer's channel scores take the logits' place
+            return spec.run(model, ti.scores(model), xi, ti.channel, key, bi, **dict(options))
+        return spec.run(model, logit_fn, xi, ti, key, bi, **dict(options))
+
+    return jax.vmap(one)(x, targets, baseline)
 
 
 def _check_images(x, model):

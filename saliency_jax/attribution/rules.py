@@ -58,6 +58,7 @@ from jax.extend.core import primitives as P
 
 Rule = Literal["gradient", "deconvnet", "guided"]
 RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided")
+_FIELD = "field"  # private rule of `field_probe`: deconvnet ReLUs, max-pools spread like sum-pools
 
 # Primitives whose output is all zeros when their (first) operand is.
 _ZERO_PRESERVING = frozenset(
@@ -167,13 +168,14 @@ def _children(eqn: jex.JaxprEqn, zeros: _Zeros) -> list[tuple[jex.Jaxpr, Sequenc
     return None  # custom_vjp_call (its backward is kept), while, shard_map, ...
 
 
-def _count(jaxpr: jex.Jaxpr, consts: Sequence[Any], zero_invars: Sequence[bool]) -> int:
+def _count(jaxpr: jex.Jaxpr, consts: Sequence[Any], zero_invars: Sequence[bool], pools: bool = False) -> int:
+    """Number of ReLU sites (and max-pools if `pools`) in the jaxpr and the sub-jaxprs it reaches."""
     zeros, n = _Zeros(jaxpr, consts, zero_invars), 0
     for eqn in jaxpr.eqns:
-        if _relu_operand(eqn, zeros) is not None:
+        if _relu_operand(eqn, zeros) is not None or (pools and eqn.primitive is P.reduce_window_max_p):
             n += 1
         else:
-            n += sum(_count(*c) for c in _children(eqn, zeros) or ())
+            n += sum(_count(*c, pools) for c in _children(eqn, zeros) or ())
         zeros.see(eqn)
     return n
 
@@ -202,17 +204,19 @@ def _eval(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], rule: st
 
 def _eval_eqn(eqn: jex.JaxprEqn, invals: list, zeros: _Zeros, rule: str) -> list:
     p, params = eqn.primitive, eqn.params
+    if rule == _FIELD and p is P.reduce_window_max_p:  # every window element gets the cotangent
+        return [P.reduce_window_sum_p.bind(*invals, **params)]
     i = _relu_operand(eqn, zeros)
     if i is not None:
         out_aval = eqn.outvars[0].aval
         x = jnp.broadcast_to(invals[i], out_aval.shape).astype(out_aval.dtype)
-        y = _relu_with_rule(rule)(x)
+        y = _relu_with_rule("deconvnet" if rule == _FIELD else rule)(x)
         if p is P.clamp_p:  # the upper bound keeps clamp's own gradient (0 at y == hi)
             y = jnp.where(y < invals[2], y, invals[2]).astype(y.dtype)
         return [y]
 
     children = _children(eqn, zeros)
-    if children and any(_count(*c) for c in children):
+    if children and any(_count(*c, rule == _FIELD) for c in children):
         if p in _INLINE_CALLS or p is P.custom_jvp_call_p:  # a custom_jvp's rule is dropped
             (jaxpr, consts, zin), = children
             return _eval(jaxpr, consts, invals, rule, zin)
@@ -288,7 +292,22 @@ def backward_rule(fn: Callable, rule: Rule) -> Callable:
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    return _rewrite(fn, rule)
 
+
+def field_probe(fn: Callable) -> Callable:
+    """`fn` for receptive-field probes: deconvnet ReLUs, and max-pooling that sends the
+    cotangent to every element of its window (its forward becomes sum-pooling).
+
+    Forward values match `fn` only where every pooling window holds one value
+    (e.g. all zeros, as in `saliency_jax.receptive_field`); the gradient's
+    support is then the set of inputs connected to the output, since a tie at
+    a max-pool no longer routes the gradient to a single element.
+    """
+    return _rewrite(fn, _FIELD)
+
+
+def _rewrite(fn: Callable, rule: str) -> Callable:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         closed, flat, out_tree = _trace(fn, args, kwargs)

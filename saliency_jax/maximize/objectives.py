@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.targets import check_layer, check_unit, indices, show
+
 __all__ = [
     "Objective",
     "ClassScore",
@@ -142,7 +144,7 @@ class ClassScore(Objective):
         index = np.asarray(self.index)
         if num_classes is not None and (index.min() < 0 or index.max() >= num_classes):
             bad = index[(index < 0) | (index >= num_classes)].tolist()
-            raise ValueError(f"class index {_show(bad)} out of range [0, {num_classes})")
+            raise ValueError(f"class index {show(bad)} out of range [0, {num_classes})")
 
     def _axes(self):
         return ClassScore(_target_axis(self.index, 0))
@@ -177,32 +179,7 @@ class Channel(Objective):
         return frozenset({self.layer})
 
     def _check(self, num_classes, shapes):
-        if self.layer not in shapes:
-            if not shapes:
-                raise ValueError(
-                    f"objective needs layer {self.layer!r}, but a bare logit function has no named "
-                    "features: pass a Model"
-                )
-            raise ValueError(f"unknown layer {self.layer!r}; choose one of {', '.join(shapes)}")
-        shape = shapes[self.layer]
-        index = np.asarray(self.index)
-        if index.min() < 0 or index.max() >= shape[-1]:
-            bad = index[(index < 0) | (index >= shape[-1])].tolist()
-            raise ValueError(
-                f"channel {_show(bad)} out of range for layer {self.layer!r} with {shape[-1]} channels"
-            )
-        if len(shape) == 1 and (self.position is not None or self.center):
-            raise ValueError(f"layer {self.layer!r} has no spatial positions (shape {tuple(shape)})")
-        if self.position is not None:
-            pos = np.asarray(self.position)
-            if pos.shape[-1:] != (2,):
-                raise ValueError(f"position must be (row, col), got shape {pos.shape}")
-            rows, cols = pos[..., 0], pos[..., 1]
-            if rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0] or cols.max() >= shape[1]:
-                raise ValueError(
-                    f"position {pos.tolist()} out of range for layer {self.layer!r} of size "
-                    f"{shape[0]}x{shape[1]}"
-                )
+        check_unit(self.layer, self.index, self.position, shapes, center=self.center)
 
     def _axes(self):
         position = None if self.position is None else _target_axis(self.position, 1)
@@ -252,9 +229,8 @@ class Custom(Objective):
         return frozenset(self.needs)
 
     def _check(self, num_classes, shapes):
-        unknown = [name for name in self.needs if name not in shapes]
-        if unknown:
-            raise ValueError(f"unknown layer {unknown[0]!r}; choose one of {', '.join(shapes) or '(none)'}")
+        for name in self.needs:
+            check_layer(name, shapes)
 
     def _axes(self):
         return Custom(self.fn, jax.tree.map(lambda _: 0, self.params), self.needs)
@@ -317,26 +293,13 @@ def gaussian_blur(image, sigma: float):
 
 
 # ---- constructors -------------------------------------------------------------------------
-def _indices(values, what: str):
-    if isinstance(values, jax.Array):  # also a tracer (inside jit/vmap): checked by dtype and rank only
-        if not jnp.issubdtype(values.dtype, jnp.integer) or values.ndim > 1:
-            raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
-        return values.astype(jnp.int32)
-    array = np.asarray(values)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
-        raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
-    if array.ndim == 1 and len(array) == 0:
-        raise ValueError(f"{what}: expected at least one index")
-    return jnp.asarray(array, jnp.int32)
-
-
 def class_score(classes) -> ClassScore:
     """The unnormalised score S_c of a class (int) or of each of several classes (ints [T]).
 
     Example:
       >>> objective = class_score([130, 285, 967]) - 1e-3 * l2()   # three class models
     """
-    return ClassScore(_indices(classes, "class_score: classes"))
+    return ClassScore(indices(classes, "class_score: classes"))
 
 
 def channel(layer: str, channels, *, position=None) -> Channel:
@@ -344,7 +307,7 @@ def channel(layer: str, channels, *, position=None) -> Channel:
     or its value at `position` = (row, col) (or [T,2]), or "center"."""
     if not isinstance(layer, str):
         raise ValueError(f"channel: layer must be a layer name (str), got {layer!r}")
-    index = _indices(channels, "channel: channels")
+    index = indices(channels, "channel: channels")
     if isinstance(position, str):
         if position != "center":
             raise ValueError(f"position must be (row, col), [T,2] or 'center', got {position!r}")
@@ -444,8 +407,3 @@ def check_objective(obj, *, num_classes: int | None, shapes: dict) -> None:
         )
     num_targets(obj)
     obj._check(num_classes, shapes)
-
-
-def _show(values: list) -> str:
-    return str(values[0]) if len(values) == 1 else str(values)
-

@@ -1,0 +1,71 @@
+"""Host-side checks for targets that name a unit of a layer, shared by attribution and maximisation.
+
+A unit is (layer name, channel[, position]): `channel` indexes the layer's last
+axis and `position` = (row, col) its spatial grid. `shapes` maps each layer
+name to its per-image activation shape (`[h,w,K]`, or `[K]` for non-spatial
+layers such as "pool"); it is empty for a bare logit function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def indices(values, what: str):
+    """An int or ints [T] as int32 (tracers checked by dtype and rank only); ValueError otherwise."""
+    if isinstance(values, jax.Array):  # also a tracer (inside jit/vmap)
+        if not jnp.issubdtype(values.dtype, jnp.integer) or values.ndim > 1:
+            raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
+        return values.astype(jnp.int32)
+    array = np.asarray(values)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.ndim > 1:
+        raise ValueError(f"{what} must be an int or a sequence of ints, got {values!r}")
+    if array.ndim == 1 and len(array) == 0:
+        raise ValueError(f"{what}: expected at least one index")
+    return jnp.asarray(array, jnp.int32)
+
+
+def check_layer(layer: str, shapes: dict) -> tuple:
+    """The per-image shape of `layer`; ValueError naming the valid layers if it has none."""
+    if layer not in shapes:
+        if not shapes:
+            raise ValueError(
+                f"target needs layer {layer!r}, but a bare logit function has no named features: pass a Model"
+            )
+        raise ValueError(f"unknown layer {layer!r}; choose one of {', '.join(shapes)}")
+    return tuple(shapes[layer])
+
+
+def check_unit(layer: str, channels, position, shapes: dict, *, center: bool = False) -> None:
+    """Raises ValueError unless channel(s) and position(s) exist in `layer`.
+
+    Args:
+      layer: a key of `shapes`.
+      channels: int or ints [T] (host values).
+      position: None, (row, col) or [T,2] in the layer's own grid.
+      shapes: {layer: per-image activation shape}.
+      center: the target takes the middle of the grid (spatial layers only).
+    """
+    shape = check_layer(layer, shapes)
+    index = np.asarray(channels)
+    if index.min() < 0 or index.max() >= shape[-1]:
+        bad = index[(index < 0) | (index >= shape[-1])].tolist()
+        raise ValueError(f"channel {show(bad)} out of range for layer {layer!r} with {shape[-1]} channels")
+    if len(shape) == 1 and (position is not None or center):
+        raise ValueError(f"layer {layer!r} has no spatial positions (shape {shape})")
+    if position is not None:
+        pos = np.asarray(position)
+        if pos.shape[-1:] != (2,):
+            raise ValueError(f"position must be (row, col), got shape {pos.shape}")
+        rows, cols = pos[..., 0], pos[..., 1]
+        if rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0] or cols.max() >= shape[1]:
+            raise ValueError(
+                f"position {pos.tolist()} out of range for layer {layer!r} of size {shape[0]}x{shape[1]}"
+            )
+
+
+def show(values: list) -> str:
+    """One value bare, several as a list (for error messages)."""
+    return str(values[0]) if len(values) == 1 else str(values)
