@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_localize_command(sub)
     _add_demo_command(sub)
     _add_batch_command(sub)
+    _add_features_command(sub)
     return parser
 
 
@@ -514,6 +515,77 @@ def run_batch(args) -> int:
         raise CliError(str(err)) from None
     print(summary)
     return EXIT_INPUT_ERROR if summary.errors else 0
+
+
+# ---- features: what a channel responds to across a dataset (saliency_jax.features) ---------------
+def _add_features_command(sub) -> None:
+    from saliency_jax.attribution.rules import RULES
+
+    f = sub.add_parser(
+        "features", help="each channel's top-k activations over a dataset, projected beside their image patches",
+        description="Streams SOURCE through the model, keeps each channel's k strongest activations, projects "
+                    "each to pixels and writes per channel OUT/<layer>_chNNNN.png (projections left, image "
+                    "patches right, Zeiler & Fergus 2014) and OUT/topk.json.")
+    f.add_argument("--layer", required=True, help="spatial layer name (see the model's layers, e.g. block5, head)")
+    f.add_argument("--channels", required=True, type=_int_list, help="comma-separated channel indices, e.g. 0,5,17")
+    f.add_argument("--source", default=None,
+                   help="a folder, a glob, tfds:NAME:SPLIT or imagefolder:ROOT:SPLIT (default: the bundled photos)")
+    f.add_argument("--k", type=_positive_int, default=9, help="activations shown per channel (default 9)")
+    f.add_argument("--per-image", type=_positive_int, default=None,
+                   help="positions one image may contribute (default 1, or ceil(k / images) for a smaller source)")
+    f.add_argument("--min-distance", type=_checked(int, lambda v: v >= 0, "an integer >= 0"), default=1,
+                   help="with --per-image > 1: an image's picks differ by more than this many grid cells (default 1)")
+    f.add_argument("--rule", default="deconvnet", choices=RULES, help="projection rule (default deconvnet)")
+    f.add_argument("--tile", type=_positive_int, default=64, help="cell size of the grids in pixels (default 64)")
+    f.add_argument("--batch-size", type=_positive_int, default=32, help="images per step (default 32)")
+    f.add_argument("--model", default="efficientnet_lite0")
+    f.add_argument("--data-dir", default=None, help="TFDS data folder (tfds: sources)")
+    f.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU cores)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument("--out", required=True, help="output folder")
+    f.set_defaults(run=run_features)
+
+
+def run_features(args) -> int:
+    import pathlib
+
+    from saliency_jax import load_model, render
+    from saliency_jax.data import open_source
+    from saliency_jax.features import feature_grid, project_top, result_table, top_activations
+    from saliency_jax.features.collect import resolve_source
+    from saliency_jax.features.topk import layer_shape
+
+    source = open_source(args.source, data_dir=args.data_dir) if args.source else resolve_source(None)
+    model = load_model(args.model)
+    layer_shape(model, args.layer, args.channels)  # bad layer or channel: fail before anything is printed
+    per_image = args.per_image
+    if per_image is None:
+        per_image = max(1, -(-args.k // source.num_examples))
+        if per_image > 1:
+            print(f"{source.num_examples} images < k={args.k}: taking up to {per_image} positions per image "
+                  "(--per-image)", file=sys.stderr)
+    result = top_activations(model, source, args.layer, args.channels, k=args.k, per_image=per_image,
+                             min_distance=args.min_distance if per_image > 1 else 0, batch_size=args.batch_size,
+                             workers=args.workers, progress=not args.no_progress)
+    for image_id, name, reason in result.errors:
+        print(f"saliency-jax: error: {name}: {reason}", file=sys.stderr)
+    tops = project_top(model, result, rule=args.rule, batch_size=min(args.batch_size, 16))
+    out = pathlib.Path(args.out)
+    for channel, projections, patches in zip(tops.channels, tops.projections, tops.patches):
+        grid = feature_grid(projections, patches, tile=args.tile, label=f"{args.layer} channel {channel} ({args.rule})")
+        render.save_png(out / f"{args.layer}_ch{channel:04d}.png", grid)
+    field = tops.field
+    report = {
+        "model": model.name, "source": args.source or "bundled", "layer": args.layer, "rule": args.rule,
+        "k": args.k, "per_image": per_image, "min_distance": args.min_distance if per_image > 1 else 0,
+        "grid": list(result.grid), "images": result.num_images,
+        "receptive_field": {"size": list(field.size), "stride": list(field.stride), "offset": list(field.offset)},
+        "channels": result_table(result, tops.windows, tops.names, tops.paths),
+        "errors": [{"image_id": i, "image": name, "error": reason} for i, name, reason in result.errors],
+    }
+    (out / "topk.json").write_text(json.dumps(report, indent=2))
+    print(f"wrote {len(result.channels)} grids ({args.layer}, k={args.k}) and topk.json to {out}/")
+    return EXIT_INPUT_ERROR if result.errors else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
