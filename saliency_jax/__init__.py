@@ -9,21 +9,29 @@ The contract shared by every method is the logit function
 """
 
 from saliency_jax.attribution import (
+    UnitTarget,
     attribute,
     available_methods,
     deconvnet,
     guided_backprop,
+    project_activation,
+    unit,
 )
+from saliency_jax.features import feature_figure, top_activations
 from saliency_jax.images import ImageError, bundled_images, load_image
 from saliency_jax.maps import saliency_map
 from saliency_jax.maximize import class_model, neuron_model, visualize
 from saliency_jax.models import available_models, imagenet_labels, load_model
+from saliency_jax.models.custom import from_function, from_linen, from_nnx
 from saliency_jax.models.model import Model
+from saliency_jax.receptive_field import ReceptiveField, receptive_field
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ImageError",
+    "ReceptiveField",
+    "UnitTarget",
     "attribute",
     "available_methods",
     "deconvnet",
@@ -38,4 +46,12 @@ __all__ = [
     "imagenet_labels",
     "load_image",
     "load_model",
+    "from_function",
+    "from_linen",
+    "from_nnx",
+    "unit",
+    "project_activation",
+    "receptive_field",
+    "top_activations",
+    "feature_figure",
 ]

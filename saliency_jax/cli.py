@@ -37,6 +37,20 @@ def _checked(convert, ok, description: str):
     return parse
 
 
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model and --weights, shared by every command that runs a model."""
+    parser.add_argument("--model", default="efficientnet_lite0",
+                        help="zoo model: efficientnet_lite0..2, vgg16, resnet50 (default efficientnet_lite0)")
+    parser.add_argument("--weights", default=None, metavar="FILE",
+                        help="checkpoint file (.pth, .safetensors, Keras .h5); required for vgg16/resnet50")
+
+
+def _load_model(args):
+    from saliency_jax import load_model
+
+    return load_model(args.model, weights=args.weights)
+
+
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 _non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
@@ -55,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="*", metavar="IMG", help="image files (default: the bundled examples)")
     p.add_argument("--top", type=_positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--model", default="efficientnet_lite0", help="zoo model name (default efficientnet_lite0)")
+    _add_model_options(p)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.set_defaults(run=run_predict)
 
@@ -67,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, from: {', '.join(METHODS)}, or 'all' (default vanilla)")
     e.add_argument("--target", default="top1", type=_target, help="'top1' or a class index (default top1)")
     e.add_argument("--out", default="saliency_out", help="output folder (default ./saliency_out)")
-    e.add_argument("--model", default="efficientnet_lite0")
+    _add_model_options(e)
     e.add_argument("--cmap", default="inferno", help="colormap for heatmaps and overlays (default inferno)")
     e.add_argument("--samples", type=_positive_int, default=25, help="SmoothGrad noise samples (default 25)")
     e.add_argument("--steps", type=_positive_int, default=50, help="Integrated Gradients steps (default 50)")
-    e.add_argument("--layer", default="head", help="Grad-CAM layer (default head)")
+    e.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")
     e.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     e.add_argument("--batch-size", type=_positive_int, default=16)
     e.add_argument("--save-npz", action="store_true", help="also write raw arrays per image (<name>.npz)")
@@ -121,14 +135,12 @@ def _load_inputs(paths: Sequence[str]):
 
 
 def run_predict(args) -> int:
-    from saliency_jax import load_model
-
     loaded, errors = _load_inputs(args.images)
     for path, message in errors:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     results = []
     if loaded:
-        model = load_model(args.model)
+        model = _load_model(args)
         tops = model.predict([img for _, img in loaded], top=args.top, batch_size=args.batch_size)
         results = [(path, top) for (path, _), top in zip(loaded, tops)]
     if args.json:
@@ -151,7 +163,7 @@ def run_explain(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from saliency_jax import load_model, maps, render
+    from saliency_jax import maps, render
     from saliency_jax.attribution.api import METHODS, attribute
 
     loaded, errors = _load_inputs(args.images)
@@ -159,7 +171,7 @@ def run_explain(args) -> int:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     if not loaded:
         return EXIT_INPUT_ERROR
-    model = load_model(args.model)
+    model = _load_model(args)
     if args.cmap not in render.colormap_names():
         raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
     if args.target != "top1" and not 0 <= args.target < model.num_classes:
@@ -213,7 +225,7 @@ def _add_maximize_commands(sub) -> None:
         p.add_argument("--radius", type=_positive_float, default=None, help="||I||_2 in model space (sphere preset)")
         p.add_argument("--seed", type=int, default=0, help="random seed (start image, transforms)")
         p.add_argument("--chunk-size", type=_positive_int, default=8, help="targets optimised at once (default 8)")
-        p.add_argument("--model", default="efficientnet_lite0")
+        _add_model_options(p)
         p.add_argument("--out", default=out, help=f"output folder (default ./{out})")
 
     c = sub.add_parser("class-model", help="class model visualisation: the image each class scores highest")
@@ -261,10 +273,9 @@ def _maximize(args, run, targets: list[int], unit: str):
     import jax
     from tqdm import tqdm
 
-    from saliency_jax import load_model
     from saliency_jax.maximize.presets import LUCID, PAPER, SPHERE
 
-    model = load_model(args.model)
+    model = _load_model(args)
     steps = args.steps or {"paper": PAPER, "sphere": SPHERE, "lucid": LUCID}[args.preset]["num_steps"]
     overrides = {"num_steps": steps, "learning_rate": args.lr}
     if args.l2 is not None:
@@ -348,7 +359,7 @@ def _add_localize_command(sub) -> None:
     z.add_argument("--bg-quantile", type=_fraction, default=0.30, help="background seeds below it (default 0.30)")
     z.add_argument("--smooth", type=float, default=0.0,
                    help="Gaussian blur of the map before seeding, in map pixels (default 0, the paper)")
-    z.add_argument("--model", default="efficientnet_lite0")
+    _add_model_options(z)
     z.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     z.set_defaults(run=run_localize)
 
@@ -359,7 +370,7 @@ def run_localize(args) -> int:
     import jax
     import numpy as np
 
-    from saliency_jax import load_model, render
+    from saliency_jax import render
     from saliency_jax.localize import _cv2, draw_boxes, localize_topk
 
     if args.bg_quantile >= args.fg_quantile:
@@ -376,7 +387,7 @@ def run_localize(args) -> int:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     if not loaded:
         return EXIT_INPUT_ERROR
-    model = load_model(args.model)
+    model = _load_model(args)
     if args.top_k > model.num_classes:
         raise CliError(f"--top-k must be at most {model.num_classes}, got {args.top_k}")
     out = pathlib.Path(args.out)
@@ -439,14 +450,14 @@ def _add_batch_command(sub) -> None:
                    help=f"one of: {', '.join(METHODS)} (default vanilla)")
     b.add_argument("--targets", default="top1", type=_batch_targets,
                    help="'top1', 'label' (the source's labels) or a class index (default top1)")
-    b.add_argument("--model", default="efficientnet_lite0")
+    _add_model_options(b)
     b.add_argument("--batch-size", type=_positive_int, default=32,
                    help="images per step, rounded up to a multiple of the device count (default 32)")
     b.add_argument("--shard-size", type=_positive_int, default=1024,
                    help="source images per output shard, the resume granularity (default 1024)")
     b.add_argument("--samples", type=_positive_int, default=None, help="SmoothGrad noise samples (default 25)")
     b.add_argument("--steps", type=_positive_int, default=None, help="Integrated Gradients steps (default 50)")
-    b.add_argument("--layer", default=None, help="Grad-CAM layer (default head)")
+    b.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")
     b.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     b.add_argument("--float16", action="store_true", help="store maps as float16")
     b.add_argument("--save-png", action="store_true", help="also write an overlay PNG per image (OUT/png/)")
@@ -484,7 +495,7 @@ def run_batch(args) -> int:
     elif args.coordinator or args.num_processes or args.process_id is not None:
         raise CliError("--coordinator/--num-processes/--process-id need --distributed")
 
-    from saliency_jax import load_model, render
+    from saliency_jax import render
     from saliency_jax.attribution.api import METHODS
     from saliency_jax.data import open_source
     from saliency_jax.jobs import JobError, ensure_writable, run_batch_job
@@ -501,7 +512,7 @@ def run_batch(args) -> int:
         ensure_writable(args.out)  # fail in one line before the model loads
     except JobError as err:
         raise CliError(str(err)) from None
-    model = load_model(args.model)
+    model = _load_model(args)
     print(f"{source.spec}: {source.num_examples} images -> {args.out}/ ({args.method}, targets {args.targets})",
           file=sys.stderr)
     try:
@@ -538,7 +549,7 @@ def _add_features_command(sub) -> None:
     f.add_argument("--rule", default="deconvnet", choices=RULES, help="projection rule (default deconvnet)")
     f.add_argument("--tile", type=_positive_int, default=64, help="cell size of the grids in pixels (default 64)")
     f.add_argument("--batch-size", type=_positive_int, default=32, help="images per step (default 32)")
-    f.add_argument("--model", default="efficientnet_lite0")
+    _add_model_options(f)
     f.add_argument("--data-dir", default=None, help="TFDS data folder (tfds: sources)")
     f.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU cores)")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -549,14 +560,14 @@ def _add_features_command(sub) -> None:
 def run_features(args) -> int:
     import pathlib
 
-    from saliency_jax import load_model, render
+    from saliency_jax import render
     from saliency_jax.data import open_source
     from saliency_jax.features import feature_grid, project_top, result_table, top_activations
     from saliency_jax.features.collect import resolve_source
     from saliency_jax.features.topk import layer_shape
 
     source = open_source(args.source, data_dir=args.data_dir) if args.source else resolve_source(None)
-    model = load_model(args.model)
+    model = _load_model(args)
     layer_shape(model, args.layer, args.channels)  # bad layer or channel: fail before anything is printed
     per_image = args.per_image
     if per_image is None:

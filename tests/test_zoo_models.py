@@ -14,13 +14,14 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import saliency_jax
 from saliency_jax.attribution.gradcam import gradcam
 from saliency_jax.checkpoints import CheckpointError
-from saliency_jax.models import gradcam_layer, resnet, vgg
+from saliency_jax.models import resnet, vgg
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -277,9 +278,9 @@ def test_feature_taps_and_default_gradcam_layer(tv_models):
     assert feats["fc7"].shape == (2, 64)
     _, state = jax.eval_shape(lambda x: model.apply(x, mutable=["perturbations"]), x)
     assert set(state["perturbations"]) == set(model.layers)  # every tap is a perturbation point
-    cam = jax.jit(gradcam, static_argnames="layer")(model, x[0], 3, layer=gradcam_layer("vgg16"))
+    assert model.default_layer() == "conv5_3" and tv_models["resnet50"].default_layer() == "layer4"
+    cam = jax.jit(gradcam)(model, x[0], 3)  # layer=None: the model's default
     assert cam.shape == (32, 32, 3) and bool(np.all(np.isfinite(cam))) and float(cam.max()) > 0
-    assert gradcam_layer("resnet50") == "layer4" and gradcam_layer("efficientnet_lite0") == "head"
     names = resnet.layer_names()
     assert names[:5] == ("stem", "layer1_0", "layer1_1", "layer1_2", "layer1") and names[-2:] == ("layer4", "pool")
 
@@ -357,3 +358,33 @@ def test_efficientnet_checkpoints_get_the_same_check():
     with pytest.raises(CheckpointError, match=r"^checkpoint does not match efficientnet_lite0: shape of _fc\.weight "
                        r"is \(1000, 100\), expected \(1000, 1280\)$"):
         efficientnet_lite.convert_torch_state_dict(sd)
+
+
+@pytest.mark.parametrize("method", saliency_jax.available_methods())
+@pytest.mark.parametrize("name", ["vgg16", "resnet50"])
+def test_every_method_runs_on_every_zoo_architecture(name, method, tv_models):
+    """(EfficientNet-Lite0 runs every method in tests/test_attribution.py.)"""
+    model = tv_models[name]
+    x = model.preprocess(_images(SIZES[name])[:1])
+    small = {"smoothgrad": {"num_samples": 2}, "ig": {"num_steps": 2}}
+    options = next((o for prefix, o in small.items() if prefix in method and method != "guided_gradcam"), {})
+    key = jax.random.key(0, impl="rbg")  # compiles faster on CPU than threefry
+    maps = saliency_jax.attribute(model, x, "top1", method=method, key=key, **options)
+    assert maps.shape == x.shape and bool(jnp.all(jnp.isfinite(maps)))
+    assert float(jnp.abs(maps).max()) > 0, f"{method} on {name} gave an all-zero map"
+
+
+def test_cli_runs_a_user_checkpoint_with_its_default_gradcam_layer(torch_checkpoints, tmp_path, capsys):
+    from saliency_jax import cli
+    from saliency_jax.images import bundled_images
+
+    photo = str(bundled_images()["coffee"])
+    pth = str(torch_checkpoints["vgg16"][1]["pth"])
+    assert cli.main(["predict", photo, "--model", "vgg16", "--weights", pth, "--top", "2", "--json"]) == 0
+    (result,) = __import__("json").loads(capsys.readouterr().out)
+    assert [t["label"] for t in result["top"]] == [f"class_{t['class']}" for t in result["top"]]
+    out = tmp_path / "maps"
+    code = cli.main(["explain", photo, "--model", "vgg16", "--weights", pth, "--method", "gradcam", "--out", str(out)])
+    assert code == 0 and (out / "coffee_gradcam_overlay.png").is_file()  # conv5_3, not EfficientNet's "head"
+    assert cli.main(["predict", photo, "--model", "vgg16"]) == 1
+    assert "--weights PATH" in capsys.readouterr().err

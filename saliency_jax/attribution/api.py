@@ -143,8 +143,8 @@ def attribute(
         raise ValueError(f"method {method!r} is random: pass key=jax.random.key(seed)")
     if baseline is not None and method != "ig":
         raise ValueError(f"baseline is only used by method 'ig', not {method!r}")
-    if "layer" in options:
-        _gradcam.check_layer(model, options["layer"])
+    if "layer" in spec.options:
+        options = _gradcam.with_layer(model, options)
 
     x = _check_images(x, model)
     if "chunk_size" in spec.options and options.get("chunk_size") is None:

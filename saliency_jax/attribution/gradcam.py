@@ -21,6 +21,14 @@ def check_layer(model, layer: str) -> None:
         raise ValueError(f"unknown layer {layer!r} for {model.name}; choose one of {', '.join(model.layers)}")
 
 
+def with_layer(model, options: dict) -> dict:
+    """`options` with "layer" checked, or set to the model's default Grad-CAM layer when absent/None."""
+    layer = options.get("layer")
+    layer = model.default_layer() if layer is None else layer
+    check_layer(model, layer)
+    return {**options, "layer": layer}
+
+
 def layer_activations_and_gradient(model, x, target, layer: str):
     """(A [h,w,K], dS_target/dA [h,w,K]) for one image x [H,W,C] (TOP1 resolved on x)."""
     shape = jax.eval_shape(lambda x: model.apply(x[None])[1][layer], x)
@@ -37,14 +45,14 @@ def layer_activations_and_gradient(model, x, target, layer: str):
     return acts, grads[0]
 
 
-def gradcam(model, x, target, *, layer: str = "head"):
+def gradcam(model, x, target, *, layer: str | None = None):
     """Grad-CAM map for one image, upsampled and broadcast to x's shape [H,W,C], >= 0."""
-    acts, grads = layer_activations_and_gradient(model, x, target, layer)
+    acts, grads = layer_activations_and_gradient(model, x, target, layer or model.default_layer())
     cam = jax.nn.relu(jnp.einsum("hwk,k->hw", acts, jnp.mean(grads, axis=(0, 1))))
     cam = jax.image.resize(cam, x.shape[:2], method="bilinear")
     return jnp.broadcast_to(cam[..., None], x.shape)
 
 
-def guided_gradcam(model, x, target, *, layer: str = "head"):
+def guided_gradcam(model, x, target, *, layer: str | None = None):
     """Guided backprop gradient times the Grad-CAM map: [H,W,C]."""
     return class_gradient(guided_backprop(model.logit_fn), x, target) * gradcam(model, x, target, layer=layer)

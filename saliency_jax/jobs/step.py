@@ -44,10 +44,10 @@ def check_method(model, method: str, options: dict) -> dict:
         raise ValueError(f"method {method!r} got unknown option(s) {', '.join(unknown)}; valid options: {valid}")
     if spec.needs_model and not isinstance(model, Model):
         raise ValueError(f"method {method!r} needs a Model with named layers")
-    if "layer" in options:
+    if "layer" in spec.options:
         from saliency_jax.attribution import gradcam
 
-        gradcam.check_layer(model, options["layer"])
+        return gradcam.with_layer(model, options)
     return dict(options)
 
 

@@ -97,18 +97,13 @@ def imagenet_labels() -> tuple[str, ...]:
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
-def gradcam_layer(name: str) -> str:
-    """The feature Grad-CAM uses by default for zoo model `name` (its last spatial block)."""
-    return _entry(name).gradcam_layer
-
-
 def weights_path(name: str) -> pathlib.Path:
     """The checkpoint file shipped by the zoo entry's weights package."""
     entry = _entry(name)
     if entry.weights_module is None:
         raise FileNotFoundError(
-            f"{name} ships no weights and nothing is downloaded: pass weights=PATH to a checkpoint file "
-            f"you have (PyTorch .pth/.pt, .safetensors or Keras .h5), e.g. {'; '.join(entry.downloads)}"
+            f"{name} ships no weights and nothing is downloaded: pass weights=PATH (CLI: --weights PATH), a "
+            f"checkpoint file you have (PyTorch .pth/.pt, .safetensors or Keras .h5), e.g. {'; '.join(entry.downloads)}"
         )
     try:
         root = importlib.resources.files(entry.weights_module)
@@ -185,6 +180,7 @@ def load_model(
         std=std,
         labels=imagenet_labels() if k == 1000 else tuple(f"class_{i}" for i in range(k)),
         layers=arch.layer_names(),
+        gradcam_layer=entry.gradcam_layer,
     )
 
 
@@ -210,6 +206,7 @@ def _load_efficientnet(name, entry, source, fmt, use_cache, depthwise_impl, np_d
         std=(128.0,),
         labels=imagenet_labels(),
         layers=efficientnet_lite.layer_names(entry.config),
+        gradcam_layer=entry.gradcam_layer,
     )
 
 

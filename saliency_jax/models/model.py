@@ -29,7 +29,7 @@ from saliency_jax.batching import map_batches
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["variables"],
-    meta_fields=["name", "module", "input_size", "mean", "std", "labels", "layers"],
+    meta_fields=["name", "module", "input_size", "mean", "std", "labels", "layers", "gradcam_layer"],
 )
 @dataclasses.dataclass(frozen=True)
 class Model:
@@ -43,6 +43,7 @@ class Model:
       mean, std: preprocessing `x = (uint8 - mean) / std`, per channel or scalar.
       labels: K class names, index-aligned with the logits.
       layers: names of the intermediate features (`features(x)` keys), in forward order.
+      gradcam_layer: the layer Grad-CAM uses by default (None: the last spatial layer).
     """
 
     name: str
@@ -53,6 +54,7 @@ class Model:
     std: tuple[float, ...]
     labels: tuple[str, ...]
     layers: tuple[str, ...]
+    gradcam_layer: str | None = None
 
     # ---- forward passes -------------------------------------------------------------
     def apply(self, x, **kwargs):
@@ -85,6 +87,17 @@ class Model:
     @property
     def num_classes(self) -> int:
         return len(self.labels)
+
+    def default_layer(self) -> str:
+        """`gradcam_layer`, or else the last layer whose activation is spatial [B,h,w,K]."""
+        if self.gradcam_layer is not None:
+            return self.gradcam_layer
+        h, w = self.input_size
+        shapes = jax.eval_shape(lambda x: self.apply(x)[1], jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+        spatial = [name for name in self.layers if len(shapes[name].shape) == 4]
+        if not spatial:
+            raise ValueError(f"{self.name} has no spatial layer for Grad-CAM; its layers: {', '.join(self.layers)}")
+        return spatial[-1]
 
     # ---- host-side data handling ------------------------------------------------------
     def preprocess(self, images) -> np.ndarray:
