@@ -388,3 +388,20 @@ def test_cli_runs_a_user_checkpoint_with_its_default_gradcam_layer(torch_checkpo
     assert code == 0 and (out / "coffee_gradcam_overlay.png").is_file()  # conv5_3, not EfficientNet's "head"
     assert cli.main(["predict", photo, "--model", "vgg16"]) == 1
     assert "--weights PATH" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["pth", "safetensors"])
+def test_truncated_checkpoint_is_one_clear_error(fmt, torch_checkpoints, tmp_path):
+    data = torch_checkpoints["vgg16"][1][fmt].read_bytes()
+    path = tmp_path / f"cut.{fmt}"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot load .*cut\.%s" % fmt):
+        saliency_jax.load_model("vgg16", weights=path, use_cache=False)
+
+
+def test_truncated_keras_file_is_one_clear_error(keras_artifacts, tmp_path):
+    data = (keras_artifacts / "vgg16_legacy.h5").read_bytes()
+    path = tmp_path / "cut.h5"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"cannot load .*cut\.h5.*not a readable Keras weight file"):
+        saliency_jax.load_model("vgg16", weights=path, use_cache=False)
