@@ -29,7 +29,7 @@ def tiny_zoo(monkeypatch):
     params = module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))["params"]
     model = Model("tiny", module, {"params": params}, (16, 16), (127.0,), (128.0,),
                   ("goldfish", "great white shark", "tiger shark", "hammerhead", "electric ray"), ("conv", "pool"))
-    monkeypatch.setattr(saliency_jax, "load_model", lambda name="tiny": model)
+    monkeypatch.setattr(saliency_jax, "load_model", lambda name="tiny", weights=None: model)
     return model
 
 
