@@ -371,7 +371,7 @@ def run_localize(args) -> int:
     import numpy as np
 
     from saliency_jax import render
-    from saliency_jax.localize import _cv2, draw_boxes, localize_topk
+    from saliency_jax.localize import draw_boxes, import_cv2, localize_topk
 
     if args.bg_quantile >= args.fg_quantile:
         raise CliError(f"--bg-quantile ({args.bg_quantile}) must be below --fg-quantile ({args.fg_quantile})")
@@ -379,7 +379,7 @@ def run_localize(args) -> int:
         raise CliError(f"--smooth must be a number >= 0 (pixels), got {args.smooth}")
     if args.segmentation == "grabcut":
         try:
-            _cv2()
+            import_cv2()
         except ImportError as err:
             raise CliError(f"{err} (or use --segmentation threshold)") from None
     loaded, errors = _load_inputs(args.images)

@@ -84,7 +84,8 @@ class ClassLocalization(NamedTuple):
     localization: Localization
 
 
-def _cv2():
+def import_cv2():
+    """The cv2 module, or an ImportError naming the extra to install."""
     try:
         import cv2
     except ImportError:
@@ -301,7 +302,7 @@ def localize(
     if isinstance(smooth_sigma, bool) or not isinstance(smooth_sigma, numbers.Real) or not 0 <= smooth_sigma < 1e3:
         raise ValueError(f"localize: smooth_sigma must be a number >= 0, got {smooth_sigma!r}")
     image = _check_image(image)
-    cv2 = _cv2() if method == "grabcut" else None
+    cv2 = import_cv2() if method == "grabcut" else None
     full_size = image.shape[:2]
     work = image
     if max_side is not None and max(full_size) > max_side:
@@ -365,7 +366,7 @@ def localize_topk(
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= model.num_classes:
         raise ValueError(f"localize_topk: k must be an integer in [1, {model.num_classes}], got {k!r}")
     if segmentation == "grabcut":
-        _cv2()  # fail before any compilation
+        import_cv2()  # fail before any compilation
     elif segmentation not in METHODS:
         raise ValueError(f"localize_topk: unknown segmentation {segmentation!r}; choose one of {', '.join(METHODS)}")
     (top,) = model.predict(image, top=int(k), batch_size=1)

@@ -146,7 +146,7 @@ def attribute(
     if "layer" in spec.options:
         options = _gradcam.with_layer(model, options)
 
-    x = _check_images(x, model)
+    x = check_images(x, model)
     if "chunk_size" in spec.options and options.get("chunk_size") is None:
         # Bound memory by default: about AUTO_CHUNK_IMAGES images' activations in flight at once.
         images_per_call = len(x) if batch_size is None else min(batch_size, len(x))
@@ -160,7 +160,7 @@ def attribute(
         targets = check_unit_target(targets, model, x.shape[1:], len(x))
     else:
         num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
-        targets = _check_targets(targets, len(x), num_classes)
+        targets = check_targets(targets, len(x), num_classes)
     if key is None:
         key = jax.random.key(0)  # unused by deterministic methods; keeps one signature
     if baseline is not None:
@@ -191,7 +191,8 @@ def _attribute_batch(model, x, targets, key, baseline, *, fn, method, options):
     return jax.vmap(one)(x, targets, baseline)
 
 
-def _check_images(x, model):
+def check_images(x, model):
+    """x as a float jax.Array [B,H,W,C], or a one-line ValueError (rank, channels, dtype, NaN/Inf)."""
     shape = getattr(x, "shape", None)
     if shape is None:
         x = np.asarray(x)
@@ -211,7 +212,8 @@ def _check_images(x, model):
     return x
 
 
-def _check_targets(targets, batch: int, num_classes: int):
+def check_targets(targets, batch: int, num_classes: int):
+    """'top1' / int / ints [B] -> int32 [B] (TOP1 for 'top1'), or a one-line ValueError."""
     if isinstance(targets, str):
         if targets != "top1":
             raise ValueError(f"targets must be 'top1', an int or ints [B]; got {targets!r}")

@@ -157,13 +157,13 @@ def project_activation(model: Model, x, layer: str, channel, position=None, *, r
     Returns:
       [B,H,W,C] reconstructions in input space.
     """
-    from saliency_jax.attribution.api import _check_images  # api imports this module
+    from saliency_jax.attribution.api import check_images  # api imports this module
 
     if not isinstance(model, Model):
         raise ValueError("project_activation needs a Model with named layers, not a bare logit function")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    x = _check_images(x, model)
+    x = check_images(x, model)
     target = check_unit_target(unit(layer, channel, position), model, x.shape[1:], len(x))
     return _project_batch(model, x, target.channel, target.position, layer=layer, rule=rule)
 

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution.api import AUTO_CHUNK_IMAGES, _check_images, _check_targets
+from saliency_jax.attribution.api import AUTO_CHUNK_IMAGES, check_images, check_targets
 from saliency_jax.attribution.gradients import resolve_target
 from saliency_jax.attribution.sampling import sample_sum
 from saliency_jax.models.model import Model
@@ -177,10 +177,10 @@ def perturbation_curves(
     fn = None if model is not None else model_or_fn
     if fn is not None and not callable(fn):
         raise TypeError(f"expected a Model or a logit function, got {type(fn).__name__}")
-    x = _check_images(x, model)
+    x = check_images(x, model)
     saliency = _check_maps(saliency, x.shape)
     num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
-    targets = _check_targets(targets, len(x), num_classes)
+    targets = check_targets(targets, len(x), num_classes)
 
     substrate = DEFAULT_SUBSTRATE[mode] if substrate is None else substrate
     if isinstance(substrate, str):

@@ -153,7 +153,7 @@ def cascading_randomization(
       ``RandomizationCheck(stages, spearman [S+1,B], ssim [S+1,B], targets [B])``;
       row 0 is the trained model against itself (both 1).
     """
-    from saliency_jax.attribution.api import _check_images, _check_targets, attribute
+    from saliency_jax.attribution.api import attribute, check_images, check_targets
     from saliency_jax.attribution.gradients import TOP1
     from saliency_jax.maps import saliency_map
 
@@ -167,8 +167,8 @@ def cascading_randomization(
     if not order:
         raise ValueError("cascading_randomization: no stages to randomise")
     param_key, attr_key = jax.random.split(key)
-    x = _check_images(x, model)
-    t = np.asarray(_check_targets(targets, len(x), model.num_classes))
+    x = check_images(x, model)
+    t = np.asarray(check_targets(targets, len(x), model.num_classes))
     if (t == TOP1).any():
         t = np.asarray(jnp.argmax(model.logits(x), axis=-1), np.int32)
     unknown = [s for s in order if s not in model.variables["params"]]
