@@ -23,8 +23,6 @@ import argparse
 import pathlib
 import time
 
-import numpy as np
-
 import saliency_jax
 from saliency_jax import render
 from saliency_jax.features import feature_grid, project_top, top_activations
@@ -50,7 +48,7 @@ def main():
         num_channels = layer_shape(model, layer, [0])[-1]
         result = top_activations(model, None, layer, range(num_channels), k=9, per_image=3, min_distance=2,
                                  progress=False)
-        channels = sorted(np.argsort(-result.values[:, 0], kind="stable")[:shown].tolist())
+        channels = result.strongest(shown)
         tops = project_top(model, result.select(channels), rule=args.rule)
         grids = [feature_grid(p, q, tile=args.tile) for p, q in zip(tops.projections, tops.patches)]
         figure = render.montage(grids, cols=2, pad=8, labels=[f"{layer} channel {c}" for c in channels])

@@ -1,8 +1,10 @@
 """`saliency-jax demo`: the whole product on the bundled photographs, into one browsable folder.
 
 Predictions, saliency maps by every attribution method, class models
-(Simonyan et al. 2014, Sec. 2) and weakly supervised localisation boxes
-(Sec. 3.2), written as PNGs with an `index.html` that shows them all.
+(Simonyan et al. 2014, Sec. 2), weakly supervised localisation boxes
+(Sec. 3.2) and what a layer's channels respond to (deconvnet projections of
+their strongest activations, Zeiler & Fergus 2014; Sec. 4), written as PNGs
+with an `index.html` that shows them all.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 DEMO_CLASSES = (130, 285, 417, 947, 963, 967)  # flamingo, Egyptian cat, balloon, mushroom, pizza, espresso
 QUICK_METHODS = ("vanilla", "guided", "gradcam")
+FEATURE_LAYER = "block5"  # receptive field 83 px at 224: patches that still show a part of the photo
 
 
 def run_demo(
@@ -49,12 +52,12 @@ def run_demo(
     methods = QUICK_METHODS if quick else tuple(METHODS)
     classes = tuple(classes[:2]) if quick else tuple(classes)
 
-    log(f"[1/4] predicting {len(photos)} bundled photos with {model_name}")
+    log(f"[1/5] predicting {len(photos)} bundled photos with {model_name}")
     top5 = model.predict(photos, top=5)
     targets = np.array([t[0][0] for t in top5], np.int32)
     x = model.preprocess(photos)
 
-    log(f"[2/4] saliency maps: {', '.join(methods)}")
+    log(f"[2/5] saliency maps: {', '.join(methods)}")
     sal = {}
     for method in methods:
         opts = {"num_samples": 4, "num_steps": 8} if quick else {}
@@ -67,13 +70,13 @@ def run_demo(
     for name, photo in zip(names, photos):
         render.save_png(out / f"{name}.png", photo)
 
-    log(f"[3/4] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2)")
+    log(f"[3/5] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2)")
     vis = class_model(model, list(classes), **({"num_steps": 5} if quick else {}))
     check = model.predict(list(vis.pixels), top=1)
     for c, pixels in zip(classes, vis.pixels):
         render.save_png(out / f"class_model_{c}.png", pixels)
 
-    log("[4/4] weakly supervised localisation (saliency-seeded GrabCut)")
+    log("[4/5] weakly supervised localisation (saliency-seeded GrabCut)")
     boxes, localize_note = {}, ""
     try:
         from saliency_jax.localize import draw_boxes, localize
@@ -85,9 +88,27 @@ def run_demo(
     except ImportError as err:
         localize_note = str(err)
 
+    log(f"[5/5] what {FEATURE_LAYER}'s strongest channels respond to (deconvnet projections, Zeiler & Fergus)")
+    channels = _feature_grids(model, photos, out, quick=quick)
+
     index = out / "index.html"
-    index.write_text(_page(model, names, top5, methods, classes, check, boxes, localize_note))
+    index.write_text(_page(model, names, top5, methods, classes, check, boxes, localize_note, channels))
     return index
+
+
+def _feature_grids(model, photos, out: pathlib.Path, *, quick: bool) -> list[int]:
+    """Writes features_<layer>_chNNNN.png for the layer's strongest channels; returns those channels."""
+    from saliency_jax import render
+    from saliency_jax.features import feature_figure, layer_shape, top_activations
+
+    num_channels = layer_shape(model, FEATURE_LAYER, [0])[-1]
+    k, per_image = (4, 2) if quick else (9, 3)
+    result = top_activations(model, photos, FEATURE_LAYER, range(num_channels), k=k, per_image=per_image,
+                             min_distance=2, progress=False)
+    channels = result.strongest(2 if quick else 4)
+    for c, grid in zip(channels, feature_figure(model, result.select(channels))):
+        render.save_png(out / f"features_{FEATURE_LAYER}_ch{c:04d}.png", grid)
+    return channels
 
 
 def _img(src: str, caption: str, width: int = 224) -> str:
@@ -95,7 +116,7 @@ def _img(src: str, caption: str, width: int = 224) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _page(model, names, top5, methods, classes, check, boxes, localize_note) -> str:
+def _page(model, names, top5, methods, classes, check, boxes, localize_note, channels) -> str:
     parts = [
         "<!doctype html><meta charset='utf-8'><title>saliency_jax demo</title>",
         "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:4px;"
@@ -125,4 +146,10 @@ def _page(model, names, top5, methods, classes, check, boxes, localize_note) -> 
         parts.append(f"<p>Skipped: {html.escape(localize_note)}</p>")
     for name, box in boxes.items():
         parts.append(_img(f"{name}_box.png", f"{name}: box {box}", width=320))
+    parts.append(f"<h2>What {FEATURE_LAYER}'s channels respond to (Sec. 4: the deconvnet is the gradient "
+                 "with another ReLU rule)</h2><p>Each channel's strongest activations over the photos, "
+                 "projected to pixels with the deconvnet rule (left), beside the patch of the photo in the "
+                 "unit's receptive field (right).</p>")
+    for c in channels:
+        parts.append(_img(f"features_{FEATURE_LAYER}_ch{c:04d}.png", f"{FEATURE_LAYER} channel {c}", width=480))
     return "\n".join(parts) + "\n"

@@ -58,6 +58,11 @@ class TopActivations:
     def k(self) -> int:
         return self.values.shape[1]
 
+    def strongest(self, n: int) -> list[int]:
+        """The n channels with the highest top activation, in channel order."""
+        order = np.argsort(-self.values[:, 0], kind="stable")[:n]
+        return sorted(self.channels[i] for i in order)
+
     def select(self, channels: Sequence[int]) -> "TopActivations":
         """The same result restricted to some of its channels (in the order given)."""
         rows = [self.channels.index(int(c)) if int(c) in self.channels else -1 for c in channels]
