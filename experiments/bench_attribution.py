@@ -11,7 +11,8 @@ guided backprop, SmoothGrad(25), Integrated Gradients(50) and Grad-CAM (layer
 "head"), each also as a ratio to forward-only, plus JAX compile time (first
 call minus a steady call). Side by side, in the same run, Captum on the
 reference PyTorch model (`efficientnet-lite-pytorch`, same weights), in
-subprocesses with glibc's default and tuned malloc (as in bench_model.py):
+subprocesses with glibc's default and tuned malloc (as in bench_model.py; JAX
+runs with huge pages, as the saliency-jax command does):
 
     vanilla     captum.attr.Saliency(abs=False)
     guided      GuidedBackprop. Captum hooks only nn.ReLU modules and this model
@@ -160,9 +161,9 @@ def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
     return out
 
 
-def _worker(framework: str, jobs: list[dict], mem_limit_gb: float, tuned: bool = False) -> list[dict]:
+def _worker(framework: str, jobs: list[dict], mem_limit_gb: float, allocator: str) -> list[dict]:
     args = ["--worker", framework, "--mem-limit-gb", str(mem_limit_gb), json.dumps(jobs)]
-    out = json_subprocess(__file__, args, tuned=tuned, stderr=None)  # stderr (progress) passes through
+    out = json_subprocess(__file__, args, allocator=allocator, stderr=None)  # stderr (progress) passes through
     return [out] * len(jobs) if isinstance(out, dict) else out
 
 
@@ -211,13 +212,14 @@ def main():
 
     load_start = os.getloadavg()[0]
     jobs = [job(m, b) for b in batches for m in methods]
-    frameworks = {"JAX": ("jax", False)}
+    frameworks = {"JAX": ("jax", "huge pages")}
     if not args.no_torch:
-        frameworks.update({"Captum": ("torch", False), "Captum, tuned malloc": ("torch", True)})
+        frameworks.update({"Captum": ("torch", "default"), "Captum, tuned malloc": ("torch", "tuned")})
     rates = {}
-    for name, (fw, tuned) in frameworks.items():
+    for name, (fw, allocator) in frameworks.items():
         print(f"{name}: {len(jobs)} jobs", file=sys.stderr, flush=True)
-        rates[name] = dict(zip(((j["method"], j["batch"]) for j in jobs), _worker(fw, jobs, args.mem_limit_gb, tuned)))
+        rates[name] = dict(zip(((j["method"], j["batch"]) for j in jobs),
+                               _worker(fw, jobs, args.mem_limit_gb, allocator)))
 
     import jax
 

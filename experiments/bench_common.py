@@ -13,8 +13,19 @@ import subprocess
 import sys
 import time
 
-# Keep freed blocks instead of returning them to the OS after every op (PyTorch's CPU tuning guide).
-TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
+from saliency_jax.allocator import HUGEPAGE_TUNABLE, NO_REEXEC_VAR, reexec_with_hugepages
+
+# Keep freed blocks instead of returning them to the OS after every op (PyTorch's CPU tuning guide),
+# and advise transparent huge pages for the rest (saliency_jax/allocator.py).
+TUNED_MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184:" + HUGEPAGE_TUNABLE
+# glibc tunables a subprocess runs with, by name.
+ALLOCATORS = {"default": None, "huge pages": HUGEPAGE_TUNABLE, "tuned": TUNED_MALLOC}
+
+
+def hugepages_for_this_script() -> None:
+    """Re-executes the running script with huge pages on (as the saliency-jax command does), unless
+    SALIENCY_JAX_NO_REEXEC is set; call first thing in main()."""
+    reexec_with_hugepages([sys.argv[0], *sys.argv[1:]])
 
 
 def best_rate(fn, batch: int, repeats: int) -> float:
@@ -37,12 +48,16 @@ def reference_torch_net():
     return net.eval().requires_grad_(False)  # input gradients only, as saliency needs
 
 
-def json_subprocess(script: str, args: list[str], *, tuned: bool, stderr=subprocess.PIPE):
-    """Runs `python script *args` (optionally with the tuned allocator) and parses its last stdout line as JSON.
+def json_subprocess(script: str, args: list[str], *, allocator: str, stderr=subprocess.PIPE):
+    """Runs `python script *args` with the glibc tunables `ALLOCATORS[allocator]` (and no re-execution)
+    and parses its last stdout line as JSON.
 
     Returns the parsed value, or {"error": <last stderr line or exit code>} if the run failed.
     """
-    env = dict(os.environ, GLIBC_TUNABLES=TUNED_MALLOC) if tuned else dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env[NO_REEXEC_VAR] = "1"
+    if ALLOCATORS[allocator]:
+        env["GLIBC_TUNABLES"] = ALLOCATORS[allocator]
     proc = subprocess.run([sys.executable, script, *args], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     if proc.returncode != 0:
         last = (proc.stderr or "").strip().splitlines()[-1:] or [f"exited with code {proc.returncode}"]

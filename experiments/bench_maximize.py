@@ -17,7 +17,7 @@ Lucent (PyPI `torch-lucent`, `render_vis` with its default image parameterisatio
 EfficientNet-Lite0 (`efficientnet-lite-pytorch`, same weights), one target per batch image
 (objective `channel("_fc", c, batch=i)` summed), input mapped to the model's (x*255-127)/128.
 It runs in subprocesses with glibc's default malloc and with the allocator tuned (see
-PERF_NOTES.md). Lucent imports `torchvision.transforms.Normalize` only for preprocessing we do
+PERF_NOTES.md; plus huge pages); JAX runs with huge pages, as the saliency-jax command does. Lucent imports `torchvision.transforms.Normalize` only for preprocessing we do
 not use; PyPI's torchvision wheels are CUDA builds that do not load beside the CPU torch, so a
 stand-in module provides that one class when torchvision cannot be imported.
 """
@@ -31,7 +31,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import json_subprocess, reference_torch_net  # noqa: E402
+from bench_common import hugepages_for_this_script, json_subprocess, reference_torch_net  # noqa: E402
 CLASSES = [130, 285, 967, 9, 99, 250, 251, 278, 508, 543, 627, 897, 945, 951, 968, 1,
            2, 17, 22, 80, 144, 291, 309, 340, 386, 409, 417, 430, 457, 504, 717, 980]
 
@@ -115,9 +115,9 @@ def bench_lucent(targets, steps):
     return out
 
 
-def _lucent_subprocess(targets, steps, tuned: bool):
+def _lucent_subprocess(targets, steps, allocator: str):
     args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps)]
-    return json_subprocess(__file__, args, tuned=tuned)
+    return json_subprocess(__file__, args, allocator=allocator)
 
 
 def main():
@@ -134,6 +134,7 @@ def main():
     if args.lucent_only:
         print(json.dumps(bench_lucent(targets, steps)))
         return
+    hugepages_for_this_script()
 
     import jax
 
@@ -141,8 +142,8 @@ def main():
     jx = bench_jax(targets, steps, presets)
     rows = {}
     if not args.no_lucent:
-        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, tuned=False)
-        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, tuned=True)
+        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, "default")
+        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, "tuned")
 
     print(f"\njax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores), {steps} timed steps, "
           f"224x224, EfficientNet-Lite0\n")

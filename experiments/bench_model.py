@@ -4,10 +4,13 @@ Run:
     python experiments/bench_model.py            # full table (needs the [test] extra for the torch rows)
     python experiments/bench_model.py --quick    # batch 1 and 8, one repeat (CI smoke)
 
-The PyTorch reference (`efficientnet-lite-pytorch`, same weights) is measured in
-subprocesses twice: with glibc's default malloc and with the allocator tuned
-(`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`), which PERF_NOTES found worth
-up to 2.4x to PyTorch on this machine and nothing to JAX. Prints a Markdown table.
+Each framework runs in subprocesses of its own, under two allocator settings:
+JAX with glibc's defaults and with transparent huge pages
+(`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, what the `saliency-jax` command sets
+for itself, see saliency_jax/allocator.py); the PyTorch reference
+(`efficientnet-lite-pytorch`, same weights) with glibc's defaults and with its
+allocator tuned (mmap/trim thresholds, which PERF_NOTES found worth up to 2.4x
+to PyTorch here, plus huge pages). Prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -76,9 +79,10 @@ def bench_torch(batches, repeats):
     return out
 
 
-def _torch_subprocess(batches, repeats, tuned: bool):
-    args = ["--torch-only", "--batches", ",".join(map(str, batches)), "--repeats", str(repeats)]
-    return json_subprocess(__file__, args, tuned=tuned)
+def _subprocess(framework: str, batches, repeats, impl: str, allocator: str):
+    args = [f"--{framework}-only", "--batches", ",".join(map(str, batches)), "--repeats", str(repeats),
+            "--impl", impl]
+    return json_subprocess(__file__, args, allocator=allocator)
 
 
 def main():
@@ -89,23 +93,29 @@ def main():
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--jax-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     batches = [1, 8] if args.quick else [int(b) for b in args.batches.split(",")]
     repeats = 1 if args.quick else args.repeats
-    if args.torch_only:
-        print(json.dumps(bench_torch(batches, repeats)))
+    if args.torch_only or args.jax_only:
+        bench = bench_torch(batches, repeats) if args.torch_only else bench_jax(batches, repeats, args.impl)
+        print(json.dumps(bench))
         return
 
     import jax
 
-    rows = {"JAX (this library)": bench_jax(batches, repeats, args.impl)}
+    rows = {"JAX (this library), huge pages": _subprocess("jax", batches, repeats, args.impl, "huge pages"),
+            "JAX (this library), default malloc": _subprocess("jax", batches, repeats, args.impl, "default")}
     if not args.no_torch:
-        rows["PyTorch reference, default malloc"] = _torch_subprocess(batches, repeats, tuned=False)
-        rows["PyTorch reference, tuned malloc"] = _torch_subprocess(batches, repeats, tuned=True)
+        rows["PyTorch reference, default malloc"] = _subprocess("torch", batches, repeats, args.impl, "default")
+        rows["PyTorch reference, tuned malloc + huge pages"] = _subprocess("torch", batches, repeats, args.impl,
+                                                                          "tuned")
 
     print(f"\njax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores), "
           f"depthwise impl {args.impl!r}, best of {repeats}\n")
-    jx = rows["JAX (this library)"]
+    jx = rows["JAX (this library), huge pages"]
+    if "error" in jx:
+        raise SystemExit(f"the JAX benchmark failed: {jx['error']}")
     for key, value in jx.items():
         if key.endswith(" s") or " s (" in key:
             print(f"- {key}: {value:.2f}")
@@ -118,9 +128,17 @@ def main():
             print(f"| {name} | {r['error']} |")
             continue
         print(f"| {name} | " + " | ".join(f"{r[c]:.1f}" for c in cols) + " |")
-    for name, r in rows.items():
-        if name.startswith("PyTorch") and "error" not in r:
-            print(f"| JAX / {name} | " + " | ".join(f"{jx[c] / r[c]:.2f}x" for c in cols) + " |")
+    jd = rows["JAX (this library), default malloc"]
+    pairs = [("JAX huge pages / PyTorch tuned", jx, rows.get("PyTorch reference, tuned malloc + huge pages")),
+             ("JAX default / PyTorch default", jd, rows.get("PyTorch reference, default malloc"))]
+    for name, a, b in pairs:
+        if b is not None and "error" not in a and "error" not in b:
+            print(f"| {name} | " + " | ".join(f"{a[c] / b[c]:.2f}x" for c in cols) + " |")
+    for b in batches:
+        print(f"- input gradient / forward time at batch {b}: huge pages "
+              f"{jx[f'forward img/s (batch {b})'] / jx[f'input gradient img/s (batch {b})']:.2f}x"
+              + ("" if "error" in jd else f", default malloc "
+                 f"{jd[f'forward img/s (batch {b})'] / jd[f'input gradient img/s (batch {b})']:.2f}x"))
 
 
 if __name__ == "__main__":

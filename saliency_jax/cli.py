@@ -599,6 +599,14 @@ def run_features(args) -> int:
     return EXIT_INPUT_ERROR if result.errors else 0
 
 
+def entry() -> None:
+    """The `saliency-jax` console script: huge pages on for XLA's buffers (see `allocator`), then `main`."""
+    from saliency_jax.allocator import reexec_with_hugepages
+
+    reexec_with_hugepages(["-m", "saliency_jax.cli", *sys.argv[1:]])
+    sys.exit(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
