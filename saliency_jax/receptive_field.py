@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attribution.rules import field_probe
-from saliency_jax.attribution.units import layer_activation, layer_shapes
+from saliency_jax.attribution.units import architecture_key, layer_activation, layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_layer
 
@@ -136,8 +136,7 @@ def receptive_field(model: Model, layer: str, *, input_size: Sequence[int] | Non
     shape = check_layer(layer, layer_shapes(model, (*hw, 3)))
     if len(shape) != 3:
         raise ValueError(f"layer {layer!r} has no spatial positions (shape {shape}): no receptive field")
-    shapes = tuple((tuple(v.shape), str(v.dtype)) for v in jax.tree.leaves(model.variables))
-    key = (model.name, layer, hw, jax.tree.structure(model.variables), shapes)
+    key = (architecture_key(model), layer, hw)
     if key not in _CACHE:
         _CACHE[key] = _measure(model, layer, hw)
     return _CACHE[key]

@@ -128,6 +128,23 @@ def test_projection_of_a_whole_channel_keeps_every_position(hand, hand_x):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("positions", [None, [[0, 0], [2, 1], [1, 2]]])
+def test_projection_in_batches_equals_one_call(hand, hand_x, positions):
+    whole = np.asarray(project_activation(hand, hand_x, "top", [0, 1, 0], positions))
+    chunked = project_activation(hand, hand_x, "top", [0, 1, 0], positions, batch_size=2)  # 2 + 1 padded
+    assert isinstance(chunked, np.ndarray) and np.abs(whole).max() > 0
+    np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-7)
+
+
+def test_layer_shapes_follow_the_forward_order(model):
+    from saliency_jax.attribution.units import layer_shapes
+
+    shapes = layer_shapes(model, (224, 224, 3))
+    assert tuple(shapes) == model.layers and shapes["block5"] == (14, 14, 80) and shapes["pool"] == (1280,)
+    shapes["block5"] = None  # a copy: the cached shapes are not changed by callers
+    assert layer_shapes(model, (224, 224, 3))["block5"] == (14, 14, 80)
+
+
 # ---- unit targets through `attribute` --------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny():

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attribution.rules import RULES, backward_rule
+from saliency_jax.batching import map_batches
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_unit, indices
 
@@ -104,10 +105,27 @@ def layer_activation(model: Model, x, layer: str):
     return model.apply(x[None])[1][layer][0]
 
 
+def architecture_key(model: Model) -> tuple:
+    """What a model's shapes depend on (module, variable structure, shapes and dtypes), hashable:
+    a key for host-side caches of shape computations."""
+    leaves, treedef = jax.tree.flatten(model.variables)
+    return model.module, treedef, tuple((tuple(v.shape), str(v.dtype)) for v in leaves)
+
+
 def layer_shapes(model: Model, image_shape) -> dict[str, tuple]:
-    """{layer: per-image activation shape} for images of `image_shape` [H,W,C] (abstract, no compute)."""
-    feats = jax.eval_shape(lambda x: model.apply(x[None])[1], jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32))
-    return {name: tuple(f.shape[1:]) for name, f in feats.items()}
+    """{layer: per-image activation shape} for images of `image_shape` [H,W,C], in `model.layers` order.
+
+    Abstract (`jax.eval_shape`, no compute) and cached per architecture and image shape.
+    """
+    key = (architecture_key(model), tuple(image_shape))
+    if key not in _SHAPES:
+        feats = jax.eval_shape(lambda x: model.apply(x[None])[1], jax.ShapeDtypeStruct(key[1], jnp.float32))
+        order = [name for name in model.layers if name in feats] + [n for n in feats if n not in model.layers]
+        _SHAPES[key] = {name: tuple(feats[name].shape[1:]) for name in order}
+    return dict(_SHAPES[key])
+
+
+_SHAPES: dict = {}
 
 
 def check_unit_target(target: UnitTarget, model, image_shape, batch: int) -> UnitTarget:
@@ -135,7 +153,8 @@ def check_unit_target(target: UnitTarget, model, image_shape, batch: int) -> Uni
     return UnitTarget(target.layer, channel, position, target.reduce)
 
 
-def project_activation(model: Model, x, layer: str, channel, position=None, *, rule: str = "deconvnet"):
+def project_activation(model: Model, x, layer: str, channel, position=None, *, rule: str = "deconvnet",
+                       batch_size: int | None = None):
     """Zeiler–Fergus projection of one activation per image: x [B,H,W,C] -> [B,H,W,C].
 
     The cotangent at `layer` is zero except at the chosen activation
@@ -153,9 +172,11 @@ def project_activation(model: Model, x, layer: str, channel, position=None, *, r
       position: (row, col) or [B,2] in the layer's grid; None keeps the
         channel's whole feature map (every position at once).
       rule: "deconvnet" (default), "gradient" or "guided".
+      batch_size: if set, x goes through in padded batches of this size (one
+        compilation, checks done once) and the result is gathered on the host.
 
     Returns:
-      [B,H,W,C] reconstructions in input space.
+      [B,H,W,C] reconstructions in input space (np.ndarray with batch_size).
     """
     from saliency_jax.attribution.api import check_images  # api imports this module
 
@@ -165,7 +186,12 @@ def project_activation(model: Model, x, layer: str, channel, position=None, *, r
         raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     x = check_images(x, model)
     target = check_unit_target(unit(layer, channel, position), model, x.shape[1:], len(x))
-    return _project_batch(model, x, target.channel, target.position, layer=layer, rule=rule)
+    run = functools.partial(_project_batch, model, layer=layer, rule=rule)
+    if batch_size is None:
+        return run(x, target.channel, target.position)
+    if target.position is None:
+        return map_batches(lambda x, c: run(x, c, None), (x, target.channel), batch_size)
+    return map_batches(run, (x, target.channel, target.position), batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("layer", "rule"))

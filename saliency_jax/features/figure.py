@@ -22,7 +22,6 @@ from PIL import Image
 
 from saliency_jax import render
 from saliency_jax.attribution.units import project_activation
-from saliency_jax.batching import map_batches
 from saliency_jax.features.collect import TopActivations, load_examples
 from saliency_jax.models.model import Model
 from saliency_jax.receptive_field import ReceptiveField, crop, receptive_field
@@ -70,19 +69,19 @@ def project_top(model: Model, result: TopActivations, *, rule: str = "deconvnet"
     field = receptive_field(model, result.layer)
     ids = sorted({int(i) for i in result.image_ids.ravel()})
     winners = load_examples(result.source, ids, model.input_size)
-    projections, patches, windows = [], [], []
-    for c, channel in enumerate(result.channels):
-        pixels = np.stack([winners[int(i)].image for i in result.image_ids[c]])
-        positions = np.asarray(result.positions[c], np.int32)
-        project = lambda x, ch, pos: project_activation(model, x, result.layer, ch, pos, rule=rule)  # noqa: E731
-        maps = map_batches(project, (model.preprocess(pixels), np.full(len(pixels), channel, np.int32), positions),
-                           batch_size)
-        rows = [field.window(int(y), int(x), model.input_size) for y, x in positions]
-        projections.append(tuple(np.asarray(crop(m, w), np.float32) for m, w in zip(maps, rows)))
-        patches.append(tuple(np.asarray(crop(p, w)) for p, w in zip(pixels, rows)))
-        windows.append(rows)
-    return TopProjections(result.layer, result.channels, tuple(projections), tuple(patches),
-                          np.asarray(windows, np.int64).reshape(len(result.channels), -1, 4),
+    num_channels, k = result.image_ids.shape
+    # Every (channel, rank) at once: one checked call, padded batches of one compiled shape.
+    pixels = np.stack([winners[int(i)].image for i in result.image_ids.ravel()])
+    channels = np.repeat(np.asarray(result.channels, np.int32), k)
+    positions = np.asarray(result.positions, np.int32).reshape(-1, 2)
+    maps = project_activation(model, model.preprocess(pixels), result.layer, channels, positions, rule=rule,
+                              batch_size=batch_size)
+    windows = [field.window(int(y), int(x), model.input_size) for y, x in positions]
+    projections = [np.asarray(crop(m, w), np.float32) for m, w in zip(maps, windows)]
+    patches = [np.asarray(crop(p, w)) for p, w in zip(pixels, windows)]
+    per_channel = lambda items: tuple(tuple(items[c * k:(c + 1) * k]) for c in range(num_channels))  # noqa: E731
+    return TopProjections(result.layer, result.channels, per_channel(projections), per_channel(patches),
+                          np.asarray(windows, np.int64).reshape(num_channels, k, 4),
                           {i: winners[i].id for i in ids}, {i: winners[i].path for i in ids}, field)
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from saliency_jax.checkpoints.match import TensorReader
 from saliency_jax.models import convert, layers
+from saliency_jax.models.taps import tap
 
 # (repeats, kernel, stride, expand_ratio, in_filters, out_filters) per stage, for width/depth 1.0.
 _STAGES = (
@@ -166,19 +167,11 @@ class EfficientNetLite(nn.Module):
     @nn.compact
     def __call__(self, x):
         feats = {}
-
-        def tap(name, y):
-            # A perturbation dict may name any subset of the layers (e.g. one for Grad-CAM).
-            if self.is_mutable_collection("perturbations") or self.has_variable("perturbations", name):
-                y = self.perturb(name, y)
-            feats[name] = y
-            return y
-
-        y = tap("stem", self.act(_ConvBias(STEM_FILTERS, 3, 2, "dense", name="stem_conv")(x)))
+        y = tap(self, feats, "stem", self.act(_ConvBias(STEM_FILTERS, 3, 2, "dense", name="stem_conv")(x)))
         for i, spec in enumerate(block_specs(self.config)):
-            y = tap(f"block{i}", MBConv(spec, self.act, self.depthwise_impl, name=f"mbconv{i}")(y))
-        y = tap("head", self.act(_ConvBias(HEAD_FILTERS, name="head_conv")(y)))
-        y = tap("pool", jnp.mean(y, axis=(1, 2)))
+            y = tap(self, feats, f"block{i}", MBConv(spec, self.act, self.depthwise_impl, name=f"mbconv{i}")(y))
+        y = tap(self, feats, "head", self.act(_ConvBias(HEAD_FILTERS, name="head_conv")(y)))
+        y = tap(self, feats, "pool", jnp.mean(y, axis=(1, 2)))
         logits = nn.Dense(self.config.num_classes, name="classifier")(y)
         return logits, feats
 
