@@ -84,7 +84,7 @@ def _jax_maker():
     return make
 
 
-def _torch_maker():
+def _torch_maker(device: str = "cpu"):
     import torch
     import torch.nn.functional as F
     from captum.attr import (GuidedBackprop, IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel,
@@ -96,14 +96,14 @@ def _torch_maker():
         def forward(self, x):
             return F.relu6(x)
 
-    net = reference_torch_net()
+    net = reference_torch_net().to(device)
     for parent in list(net.modules()):
         for name, child in parent.named_children():
             if isinstance(child, torch.nn.ReLU6):
                 setattr(parent, name, ReLU6AsReLU())
 
     def make(method, x, n, chunk):
-        x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        x = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
         sigma = 0.15 * float(x.max() - x.min())  # SmoothGrad noise as ours: 15% of the value range
         calls = {
             "forward": torch.no_grad()(lambda: net(x)),
@@ -120,7 +120,9 @@ def _torch_maker():
                     x, target=TARGET, attribute_to_layer_input=True, relu_attributions=True),
                 (SIZE, SIZE), "bilinear"),
         }
-        return calls[method]
+        if device == "cpu":
+            return calls[method]
+        return lambda: (calls[method](), torch.cuda.synchronize())  # time the work, not its launch
 
     return make
 
@@ -134,11 +136,11 @@ def _maxrss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
+def run_jobs(framework: str, jobs: list[dict], torch_device: str = "cpu") -> list[dict]:
     """Runs each job {method, batch, n, chunk, repeats, memory} in this process."""
     import numpy as np
 
-    make = {"jax": _jax_maker, "torch": _torch_maker}[framework]()
+    make = _jax_maker() if framework == "jax" else _torch_maker(torch_device)
     out = []
     for job in jobs:
         b = job["batch"]
@@ -161,8 +163,10 @@ def run_jobs(framework: str, jobs: list[dict]) -> list[dict]:
     return out
 
 
-def _worker(framework: str, jobs: list[dict], mem_limit_gb: float, allocator: str) -> list[dict]:
-    args = ["--worker", framework, "--mem-limit-gb", str(mem_limit_gb), json.dumps(jobs)]
+def _worker(framework: str, jobs: list[dict], mem_limit_gb: float, allocator: str,
+            torch_device: str = "cpu") -> list[dict]:
+    args = ["--worker", framework, "--mem-limit-gb", str(mem_limit_gb), "--torch-device", torch_device,
+            json.dumps(jobs)]
     out = json_subprocess(__file__, args, allocator=allocator, stderr=None)  # stderr (progress) passes through
     return [out] * len(jobs) if isinstance(out, dict) else out
 
@@ -186,7 +190,9 @@ def main():
     parser.add_argument("--steps", type=int, default=50, help="Integrated Gradients path points")
     parser.add_argument("--max-live", type=int, default=160, help="cap on batch*chunk for SmoothGrad/IG")
     parser.add_argument("--mem-chunk", type=int, default=10, help="chunk of the chunked IG memory runs")
-    parser.add_argument("--mem-limit-gb", type=float, default=round(0.8 * _available_gib(), 1))
+    parser.add_argument("--mem-limit-gb", type=float, default=round(0.8 * _available_gib(), 1),
+                        help="RLIMIT_AS of each worker; 0: none (needed on GPUs, whose drivers map huge ranges)")
+    parser.add_argument("--torch-device", default="cpu", help="where Captum runs: cpu or cuda")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -194,9 +200,10 @@ def main():
     parser.add_argument("jobs", nargs="?", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        limit = int(args.mem_limit_gb * 2**30)
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        print(json.dumps(run_jobs(args.worker, json.loads(args.jobs))))
+        if args.mem_limit_gb > 0:
+            limit = int(args.mem_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        print(json.dumps(run_jobs(args.worker, json.loads(args.jobs), args.torch_device)))
         return
     if args.quick:
         args.batches, args.repeats, args.samples, args.steps, args.mem_chunk = "1,2", 1, 4, 4, 2
@@ -219,15 +226,16 @@ def main():
     for name, (fw, allocator) in frameworks.items():
         print(f"{name}: {len(jobs)} jobs", file=sys.stderr, flush=True)
         rates[name] = dict(zip(((j["method"], j["batch"]) for j in jobs),
-                               _worker(fw, jobs, args.mem_limit_gb, allocator)))
+                               _worker(fw, jobs, args.mem_limit_gb, allocator, args.torch_device)))
 
     import jax
 
-    versions = f"jax {jax.__version__}"
+    versions = f"jax {jax.__version__} on {jax.devices()[0].device_kind}"
     if not args.no_torch:
         import captum
         import torch
-        versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads), captum {captum.__version__}"
+        versions += (f", torch {torch.__version__} ({torch.get_num_threads()} threads) on {args.torch_device}, "
+                     f"captum {captum.__version__}")
     print(f"\nEfficientNet-Lite0 {SIZE}x{SIZE}, {os.cpu_count()} cores; {versions}; best of {args.repeats}; "
           f"SmoothGrad/IG chunk = largest divisor of n with batch*chunk <= {args.max_live}; "
           f"1-min load average {load_start:.1f} at start, {os.getloadavg()[0]:.1f} at the end "
@@ -276,7 +284,8 @@ def main():
     print("| run | peak RSS GiB | before the call GiB | call s |\n|---|---|---|---|")
     for label, (fw, j) in runs.items():
         print(f"{label}: memory", file=sys.stderr, flush=True)
-        r = _worker(fw, [j], args.mem_limit_gb)[0]
+        allocator = "huge pages" if fw == "jax" else "tuned"
+        r = _worker(fw, [j], args.mem_limit_gb, allocator, args.torch_device)[0]
         print(f"| {label} | " + (f"{r['error']} | | |" if "error" in r else
                                    f"{r['rss_gib']:.2f} | {r['before_gib']:.2f} | {r['s']:.1f} |"), flush=True)
 

@@ -91,13 +91,13 @@ def _torchvision_stand_in():
     return True
 
 
-def bench_lucent(targets, steps):
+def bench_lucent(targets, steps, device="cpu"):
     import torch
 
     stand_in = _torchvision_stand_in()
     from lucent.optvis import objectives, param, render, transform
 
-    net = reference_torch_net()
+    net = reference_torch_net().to(device)  # Lucent puts its image on "cuda:0" whenever CUDA is there
     to_model_space = lambda x: (x * 255.0 - 127.0) / 128.0  # noqa: E731
     out = {"threads": torch.get_num_threads(), "torchvision stand-in": stand_in}
 
@@ -115,8 +115,8 @@ def bench_lucent(targets, steps):
     return out
 
 
-def _lucent_subprocess(targets, steps, allocator: str):
-    args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps)]
+def _lucent_subprocess(targets, steps, allocator: str, device: str):
+    args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps), "--torch-device", device]
     return json_subprocess(__file__, args, allocator=allocator)
 
 
@@ -127,12 +127,13 @@ def main():
     parser.add_argument("--presets", default="lucid,paper")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-lucent", action="store_true")
+    parser.add_argument("--torch-device", default="cpu", help="where Lucent runs: cpu or cuda")
     parser.add_argument("--lucent-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     targets = [1, 4] if args.quick else [int(t) for t in args.targets.split(",")]
     steps = 3 if args.quick else args.steps
     if args.lucent_only:
-        print(json.dumps(bench_lucent(targets, steps)))
+        print(json.dumps(bench_lucent(targets, steps, args.torch_device)))
         return
     hugepages_for_this_script()
 
@@ -142,10 +143,11 @@ def main():
     jx = bench_jax(targets, steps, presets)
     rows = {}
     if not args.no_lucent:
-        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, "default")
-        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, "tuned")
+        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, "default", args.torch_device)
+        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, "tuned", args.torch_device)
 
-    print(f"\njax {jax.__version__} on {jax.default_backend()} ({os.cpu_count()} cores), {steps} timed steps, "
+    print(f"\njax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), Lucent on "
+          f"{args.torch_device}, {steps} timed steps, "
           f"224x224, EfficientNet-Lite0\n")
     print("| target-steps/s | " + " | ".join(f"{t} target{'s' * (t > 1)}" for t in targets) + " |")
     print("|---" * (len(targets) + 1) + "|")
