@@ -264,6 +264,21 @@ def test_control_flow_remat_and_pytrees(rule):
     assert jax.tree.structure(g[0]) == jax.tree.structure(params)
 
 
+def test_scan_operand_counts_in_both_jax_layouts():
+    from saliency_jax.attribution.rules import _scan_counts
+
+    k = jnp.float32(2.0)  # a closed-over constant of the scan body
+    jaxpr = jax.make_jaxpr(lambda c, xs: lax.scan(lambda c, x: (c * x + k, c), c, xs))(1.0, jnp.ones(3))
+    scan = next(e for e in jaxpr.jaxpr.eqns if e.primitive is lax.scan_p)
+    assert _scan_counts(scan.params) == (len(scan.invars) - 2, 1)  # the installed jax's layout
+
+    class FlatTree:  # jax >= 0.11 describes the operands as a flat tree (consts, carry, xs)
+        def unpack(self):
+            return [0, 1], [2], [3, 4, 5]
+
+    assert _scan_counts({"ft_in": FlatTree(), "jaxpr": None}) == (2, 1)
+
+
 def test_unknown_rule_is_refused():
     with pytest.raises(ValueError, match="rule must be one of"):
         backward_rule(jax.nn.relu, "lrp")

@@ -148,6 +148,14 @@ def _closed(j) -> tuple[jex.Jaxpr, Sequence[Any]]:
     return (j.jaxpr, j.consts) if isinstance(j, jex.ClosedJaxpr) else (j, ())
 
 
+def _scan_counts(params) -> tuple[int, int]:
+    """(number of constants, number of carries) of a scan equation."""
+    if "num_consts" in params:  # jax <= 0.10
+        return params["num_consts"], params["num_carry"]
+    consts, carry, _ = params["ft_in"].unpack()  # jax >= 0.11: a flat tree (consts, carry, xs)
+    return len(consts), len(carry)
+
+
 def _children(eqn: jex.JaxprEqn, zeros: _Zeros) -> list[tuple[jex.Jaxpr, Sequence[Any], list[bool]]] | None:
     """The sub-jaxprs the rewrite reaches into, with their zero operands; None if opaque."""
     p, params = eqn.primitive, eqn.params
@@ -162,7 +170,7 @@ def _children(eqn: jex.JaxprEqn, zeros: _Zeros) -> list[tuple[jex.Jaxpr, Sequenc
     if p is P.cond_p:
         return [(*_closed(b), zin[1:]) for b in params["branches"]]
     if p is P.scan_p:
-        n = params["num_consts"]
+        n, _ = _scan_counts(params)
         jaxpr, consts = _closed(params["jaxpr"])
         return [(jaxpr, consts, zin[:n] + [False] * (len(zin) - n))]
     return None  # custom_vjp_call (its backward is kept), while, shard_map, ...
@@ -233,7 +241,7 @@ def _eval_eqn(eqn: jex.JaxprEqn, invals: list, zeros: _Zeros, rule: str) -> list
             return list(lax.switch(invals[0], branches, *invals[1:]))
         if p is P.scan_p:
             (jaxpr, consts, zin), = children
-            n, n_carry = params["num_consts"], params["num_carry"]
+            n, n_carry = _scan_counts(params)
             scan_consts, init, xs = invals[:n], invals[n : n + n_carry], invals[n + n_carry :]
 
             def body(carry, x):
