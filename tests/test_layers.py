@@ -1,5 +1,7 @@
 """The fast convolution formulations agree with XLA's native ops and with their true gradients."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -91,4 +93,28 @@ def test_pointwise_is_a_one_by_one_conv():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(3, 7)), jnp.float32)
-    np.testing.assert_allclose(layers.pointwise_conv(x, w), layers.conv(x, w[None, None]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(layers.pointwise_conv(x, w), layers.conv(x, w[None, None], impl="native"),
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,stride,size", [(3, 2, 224), (3, 2, 9), (3, 1, 8), (5, 2, 11), (1, 1, 5)])
+def test_im2col_conv_equals_native_conv_and_its_gradients(k, stride, size):
+    rng = np.random.default_rng(k * 100 + stride * 10 + size)
+    batch = 2 if size > 100 else 3
+    x = jnp.asarray(rng.normal(size=(batch, size, size + 1, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(k, k, 3, 4)), jnp.float32)
+    native = layers.conv(x, w, stride=stride, impl="native")
+    im2col = layers.conv(x, w, stride=stride, impl="im2col")
+    assert im2col.shape == native.shape == (batch, -(-size // stride), -(-(size + 1) // stride), 4)
+    np.testing.assert_allclose(im2col, native, rtol=1e-5, atol=1e-4)
+    g = jnp.asarray(rng.normal(size=native.shape), jnp.float32)
+    cotangents = {impl: jax.vjp(functools.partial(layers.conv, stride=stride, impl=impl), x, w)[1](g)
+                  for impl in ("native", "im2col")}
+    np.testing.assert_allclose(cotangents["im2col"][0], cotangents["native"][0], rtol=1e-5, atol=1e-4)  # d/dx
+    np.testing.assert_allclose(cotangents["im2col"][1], cotangents["native"][1], rtol=1e-5, atol=1e-3)  # d/dw
+    np.testing.assert_allclose(layers.conv(x, w, stride=stride), native, rtol=1e-5, atol=1e-4)  # "auto"
+
+
+def test_conv_rejects_unknown_impl():
+    with pytest.raises(ValueError, match="impl must be 'auto', 'im2col' or 'native'"):
+        layers.conv(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 2)), impl="winograd")

@@ -6,7 +6,9 @@ autodiff of the shift-add turns each strided slice into a pad-and-scatter.
 So on CPU the depthwise convolution is a shift-add whose input cotangent is
 itself a shift-add (the transposed correlation), under a `jax.custom_vjp`.
 On GPU/TPU the native grouped convolution is used (`lax.platform_dependent`
-picks per backend at lowering time). 1x1 convolutions are matrix products.
+picks per backend at lowering time). 1x1 convolutions are matrix products, and
+dense convolutions with few input channels (the stem) are im2col + a matrix
+product on CPU.
 
 All functions take NHWC activations and TensorFlow "SAME" padding.
 """
@@ -145,8 +147,14 @@ def pointwise_conv(x, w):
     return jnp.einsum("bhwc,cd->bhwd", x, w)
 
 
-def conv(x, w, *, stride: int = 1):
-    """Dense k x k convolution with "SAME" padding: [B,H,W,Cin] x [k,k,Cin,Cout]."""
+# Dense convolutions with at most this many input columns (k*k*Cin) run as im2col + one matrix
+# product on CPU: the EfficientNet stem (3x3x3 = 27) takes 20 ms instead of 38 ms forward and
+# 16 ms instead of 21 ms for its input cotangent at batch 32 (XLA:CPU's direct convolution is
+# slow for 3 input channels). Wider convolutions keep the native one (im2col copies k*k times).
+IM2COL_MAX_COLUMNS = 32
+
+
+def _conv_native(x, w, stride: int):
     k = w.shape[0]
     return lax.conv_general_dilated(
         x,
@@ -154,4 +162,32 @@ def conv(x, w, *, stride: int = 1):
         window_strides=(stride, stride),
         padding=(same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def _conv_im2col(x, w, stride: int):
+    """The k*k strided windows side by side [B,H',W',k*k*Cin], times the kernel [k*k*Cin,Cout]."""
+    k = w.shape[0]
+    xp, _, _ = _pad_same(x, k, stride)
+    out_h, out_w = -(-x.shape[1] // stride), -(-x.shape[2] // stride)
+    cols = jnp.concatenate([_window(xp, i, j, out_h, out_w, stride) for i in range(k) for j in range(k)], axis=-1)
+    return jnp.einsum("bhwk,kd->bhwd", cols, w.reshape(-1, w.shape[-1]))
+
+
+def conv(x, w, *, stride: int = 1, impl: str = "auto"):
+    """Dense k x k convolution with "SAME" padding: [B,H,W,Cin] x [k,k,Cin,Cout] -> [B,H',W',Cout].
+
+    impl: "native" (XLA's convolution), "im2col" (windows + one matrix product), or
+    "auto": im2col on CPU when k*k*Cin <= IM2COL_MAX_COLUMNS, native otherwise.
+    """
+    if impl == "native":
+        return _conv_native(x, w, stride)
+    if impl == "im2col":
+        return _conv_im2col(x, w, stride)
+    if impl != "auto":
+        raise ValueError(f"impl must be 'auto', 'im2col' or 'native', got {impl!r}")
+    if w.shape[0] * w.shape[1] * w.shape[2] > IM2COL_MAX_COLUMNS:
+        return _conv_native(x, w, stride)
+    return lax.platform_dependent(
+        x, w, cpu=lambda x, w: _conv_im2col(x, w, stride), default=lambda x, w: _conv_native(x, w, stride)
     )
