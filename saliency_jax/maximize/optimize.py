@@ -31,6 +31,7 @@ import numpy as np
 import optax
 from jax import lax
 
+from saliency_jax.attribution.units import layer_shapes
 from saliency_jax.batching import padded_batches, static_batch_size
 from saliency_jax.maximize import objectives as _objectives
 from saliency_jax.maximize import transforms as _transforms
@@ -381,11 +382,14 @@ def _image_shape(model_or_fn, image_shape):
 
 
 def _output_shapes(model_or_fn, parameterization, transforms, shape, key):
-    """(K, {layer: per-image feature shape}) of the model on the transformed image, by eval_shape."""
+    """(K, {layer: per-image feature shape}) of the model on the transformed image, by eval_shape
+    (a `Model`'s layer shapes come from the per-architecture cache: no trace on a repeat call)."""
     params = jax.eval_shape(lambda k: parameterization.init(k, shape), key)
     seen = jax.eval_shape(
         lambda p, k: _transforms.apply(transforms, k, parameterization(p)), params, key
     )
+    if isinstance(model_or_fn, Model):
+        return model_or_fn.num_classes, layer_shapes(model_or_fn, seen.shape)
     logits, features = jax.eval_shape(forward_fn(model_or_fn), seen)
     if logits.ndim != 1:
         raise ValueError(f"the logit function must return logits [K] for one image, got shape {logits.shape}")
