@@ -193,6 +193,8 @@ def main():
     parser.add_argument("--mem-limit-gb", type=float, default=round(0.8 * _available_gib(), 1),
                         help="RLIMIT_AS of each worker; 0: none (needed on GPUs, whose drivers map huge ranges)")
     parser.add_argument("--torch-device", default="cpu", help="where Captum runs: cpu or cuda")
+    parser.add_argument("--torch-allocators", default="default,tuned", choices=("default,tuned", "default", "tuned"),
+                        help="glibc malloc settings Captum runs under (one subprocess each)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
@@ -221,7 +223,8 @@ def main():
     jobs = [job(m, b) for b in batches for m in methods]
     frameworks = {"JAX": ("jax", "huge pages")}
     if not args.no_torch:
-        frameworks.update({"Captum": ("torch", "default"), "Captum, tuned malloc": ("torch", "tuned")})
+        named = {"default": "Captum", "tuned": "Captum, tuned malloc"}
+        frameworks.update({named[a]: ("torch", a) for a in args.torch_allocators.split(",")})
     rates = {}
     for name, (fw, allocator) in frameworks.items():
         print(f"{name}: {len(jobs)} jobs", file=sys.stderr, flush=True)
@@ -259,7 +262,7 @@ def main():
         print(f"| {' / '.join(names[m]) if not args.no_torch else names[m][0]} | " + " | ".join(cells) + " |")
 
     print("\nJAX compile time, s (first call minus a steady call)"
-          + ("" if args.no_torch else "; JAX speed-up over Captum, tuned malloc") + "\n")
+          + ("" if args.no_torch else f"; JAX speed-up over {list(rates)[-1]}") + "\n")
     head = [f"compile b={b}" for b in batches] + ([] if args.no_torch else [f"JAX/Captum b={b}" for b in batches])
     print("| method | " + " | ".join(head) + " |")
     print("|---" * (len(head) + 1) + "|")
@@ -267,7 +270,7 @@ def main():
         cells = [r.get("error") or f"{r['compile_s']:.1f}" for r in (rates["JAX"][m, b] for b in batches)]
         if not args.no_torch:
             for b in batches:
-                jx, tc = rates["JAX"][m, b], rates["Captum, tuned malloc"][m, b]
+                jx, tc = rates["JAX"][m, b], rates[list(rates)[-1]][m, b]
                 cells.append(f"{jx['rate'] / tc['rate']:.2f}x" if "rate" in jx and "rate" in tc else "n/a")
         print(f"| {names[m][0]} | " + " | ".join(cells) + " |")
 
