@@ -10,7 +10,9 @@ first call's extra time is reported as compilation). Two settings:
 
 - "lucid" (Fourier + decorrelated-colour image, Lucid's standard transforms, Adam 0.05), the
   like-for-like comparison with Lucent's defaults;
-- "paper" (pixels, L2 penalty, no transforms), which Lucent has no equivalent of.
+- "paper" (pixels, L2 penalty, no transforms), compared with Lucent on a pixel image
+  (`param.image(fft=False, decorrelate=False)`, still Lucent's sigmoid into [0, 1]) and no
+  transforms, its nearest setting (Lucent has no L2 penalty; its cost is negligible).
 
 Lucent (PyPI `torch-lucent`, `render_vis` with its default image parameterisation and
 `standard_transforms`, Adam 0.05) maximises the class logit of the reference PyTorch
@@ -101,17 +103,21 @@ def bench_lucent(targets, steps, device="cpu"):
     to_model_space = lambda x: (x * 255.0 - 127.0) / 128.0  # noqa: E731
     out = {"threads": torch.get_num_threads(), "torchvision stand-in": stand_in}
 
-    def run(t, n):
+    def run(t, n, pixels):
         objective = sum(objectives.channel("_fc", c, batch=i) for i, c in enumerate(CLASSES[:t]))
-        render.render_vis(net, objective, lambda: param.image(224, batch=t),
-                          transforms=transform.standard_transforms + [to_model_space], thresholds=(n,),
+        if pixels:  # the paper preset's setting: the image's pixels, no transforms
+            image, transforms = lambda: param.image(224, batch=t, fft=False, decorrelate=False), []
+        else:
+            image, transforms = lambda: param.image(224, batch=t), list(transform.standard_transforms)
+        render.render_vis(net, objective, image, transforms=transforms + [to_model_space], thresholds=(n,),
                           preprocess=False, progress=False, show_image=False)
 
-    for t in targets:
-        run(t, 1)  # warm-up
-        start = time.perf_counter()
-        run(t, steps)
-        out[f"lucent target-steps/s ({t})"] = t * steps / (time.perf_counter() - start)
+    for pixels, name in ((False, "lucent"), (True, "lucent pixels")):
+        for t in targets:
+            run(t, 1, pixels)  # warm-up
+            start = time.perf_counter()
+            run(t, steps, pixels)
+            out[f"{name} target-steps/s ({t})"] = t * steps / (time.perf_counter() - start)
     return out
 
 
@@ -158,12 +164,16 @@ def main():
         if "error" in r:
             print(f"| {name} | {r['error']} |")
             continue
-        print(f"| {name} | " + " | ".join(f"{r[f'lucent target-steps/s ({t})']:.2f}" for t in targets) + " |")
+        for kind, label in (("lucent", "defaults"), ("lucent pixels", "pixels, no transforms")):
+            print(f"| {name}, {label} | " + " | ".join(f"{r[f'{kind} target-steps/s ({t})']:.2f}" for t in targets)
+                  + " |")
     good = {n: r for n, r in rows.items() if "error" not in r}
-    if good and "lucid" in presets:
-        best = max(max(r[f"lucent target-steps/s ({t})"] for t in targets) for r in good.values())
-        print(f"| saliency_jax lucid / Lucent's best ({best:.2f}) | "
-              + " | ".join(f"{jx[f'lucid target-steps/s ({t})'] / best:.2f}x" for t in targets) + " |")
+    for preset, kind in (("lucid", "lucent"), ("paper", "lucent pixels")):
+        if good and preset in presets:
+            best = max(max(r[f"{kind} target-steps/s ({t})"] for t in targets) for r in good.values())
+            label = "defaults" if kind == "lucent" else "pixels"
+            print(f"| saliency_jax {preset} / Lucent's best, {label} ({best:.2f}) | "
+                  + " | ".join(f"{jx[f'{preset} target-steps/s ({t})'] / best:.2f}x" for t in targets) + " |")
     print()
     for preset in presets:
         print(f"- compile, {preset} preset: "
