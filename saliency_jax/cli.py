@@ -55,6 +55,7 @@ _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 _non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
 _fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
+_unit_interval = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="saliency_out", help="output folder (default ./saliency_out)")
     _add_model_options(e)
     e.add_argument("--cmap", default="inferno", help="colormap for heatmaps and overlays (default inferno)")
+    e.add_argument("--dim", type=_unit_interval, default=None,
+                   help="darken the photo in overlays where the map is low, 0..1 (default render.OVERLAY_DIM, 0.5)")
     e.add_argument("--samples", type=_positive_int, default=25, help="SmoothGrad noise samples (default 25)")
     e.add_argument("--steps", type=_positive_int, default=50, help="Integrated Gradients steps (default 50)")
     e.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")
@@ -176,6 +179,7 @@ def run_explain(args) -> int:
         raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
     if args.target != "top1" and not 0 <= args.target < model.num_classes:
         raise CliError(f"--target must be 'top1' or a class index in [0, {model.num_classes}), got {args.target}")
+    dim = render.OVERLAY_DIM if args.dim is None else args.dim
     out = pathlib.Path(args.out)
     x = model.preprocess([img for _, img in loaded])
     preds = [top[0] for top in model.predict([img for _, img in loaded], top=1, batch_size=args.batch_size)]
@@ -198,7 +202,8 @@ def run_explain(args) -> int:
         tiles, captions = [image], [f"{model.labels[preds[i][0]]} ({100 * preds[i][2]:.0f}%)"]
         for method, (grads, smaps) in results.items():
             render.save_png(out / f"{stem}_{method}_heatmap.png", render.colorize(smaps[i], cmap=args.cmap))
-            render.save_png(out / f"{stem}_{method}_overlay.png", render.overlay(image, smaps[i], cmap=args.cmap))
+            overlay = render.overlay(image, smaps[i], cmap=args.cmap, dim=dim)
+            render.save_png(out / f"{stem}_{method}_overlay.png", overlay)
             tiles.append(render.colorize(smaps[i], cmap=args.cmap, size=image.shape[:2]))
             captions.append(method)
         render.save_png(out / f"{stem}_montage.png", render.montage(tiles, labels=captions))

@@ -153,21 +153,29 @@ def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
-def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5) -> np.ndarray:
+# How much the `explain` command, the demo and `batch --save-png` darken the photo where a map is
+# low (`overlay(dim=...)`): smooth maps such as Grad-CAM stay visible on bright photos.
+OVERLAY_DIM = 0.5
+
+
+def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: float = 0.0) -> np.ndarray:
     """Blends a colourised map over a photo, more opaque where the map is salient.
 
     The map is resized to the photo with Pillow's bilinear filter on float
-    values (mode 'F'), then per pixel
-    ``out = (1 - a) * image + a * colorize(map)`` with ``a = alpha * |map|``
-    (the map clipped to [0, 1], or to [-1, 1] for a diverging ``cmap``). So a
-    pixel with map value 0 (or NaN) shows the photo unchanged, and one with
-    value 1 is ``alpha`` colour map and ``1 - alpha`` photo.
+    values (mode 'F'), then per pixel, with ``m = |map|`` (the map clipped to
+    [0, 1], or to [-1, 1] for a diverging ``cmap``; NaN counts as 0),
+    ``out = (1 - a) * photo + a * colorize(map)`` with ``a = alpha * m`` and
+    ``photo = image * (1 - dim * (1 - m))``. So with ``dim=0`` a pixel with
+    map value 0 shows the photo unchanged, and one with value 1 is ``alpha``
+    colour map and ``1 - alpha`` photo; ``dim > 0`` darkens the photo where
+    the map is low, which keeps smooth maps (Grad-CAM) readable on bright photos.
 
     Args:
       image: ``uint8 [H,W,3]`` RGB photo.
       map2d: ``[h,w]`` map in [0, 1] ([-1, 1] for a diverging ``cmap``), any size.
       cmap: a name from ``colormap_names()``.
       alpha: opacity of the colour map at full saliency, in [0, 1].
+      dim: how much to darken the photo where the map is 0, in [0, 1].
 
     Returns:
       ``uint8 [H,W,3]``, the photo's size.
@@ -180,12 +188,14 @@ def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5) -> np.nd
     colormap(cmap)  # checks the name before any work
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be a number in [0, 1], got {alpha!r}")
+    if isinstance(dim, bool) or not isinstance(dim, (int, float, np.number)) or not 0.0 <= dim <= 1.0:
+        raise ValueError(f"overlay: dim must be a number in [0, 1], got {dim!r}")
     values = _resize_map(_map2d(map2d, "overlay"), image.shape[:2])
     colors = colorize(values, cmap=cmap).astype(np.float32)
     low = -1.0 if cmap in DIVERGING_CMAPS else 0.0
-    weight = alpha * np.abs(np.nan_to_num(np.clip(values, low, 1.0), nan=0.0))
-    weight = weight[:, :, None]
-    out = image.astype(np.float32) * (1.0 - weight) + colors * weight
+    strength = np.abs(np.nan_to_num(np.clip(values, low, 1.0), nan=0.0))[:, :, None]
+    photo = image.astype(np.float32) * (1.0 - dim * (1.0 - strength))
+    out = photo * (1.0 - alpha * strength) + colors * (alpha * strength)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -138,6 +138,7 @@ def test_explain_explicit_target_matches_library(model, photos, tmp_path):
         (["--method", "lrp"], "unknown method 'lrp'"),
         (["--target", "cat"], "expected 'top1' or a class index"),
         (["--samples", "0"], "expected a positive integer"),
+        (["--dim", "1.5"], "expected a number in [0, 1]"),
     ],
 )
 def test_explain_usage_errors(argv, message, capsys):

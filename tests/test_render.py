@@ -81,6 +81,18 @@ def test_overlay_resizes_map_to_image():
     np.testing.assert_array_equal(render.overlay(image, np.ones((3, 3)), alpha=0.0), image)
 
 
+def test_overlay_dim_darkens_the_photo_where_the_map_is_low_only():
+    image = _photo()
+    m = np.zeros((12, 16), np.float32)
+    m[:, 8:] = 1.0
+    np.testing.assert_array_equal(render.overlay(image, m, dim=1.0)[:, :8], 0)  # map 0, fully dimmed: black
+    half = np.rint(0.5 * image[:, :8].astype(np.float32)).astype(np.uint8)
+    np.testing.assert_array_equal(render.overlay(image, m, alpha=0.5, dim=0.5)[:, :8], half)
+    np.testing.assert_array_equal(render.overlay(image, m, dim=0.7)[:, 8:], render.overlay(image, m)[:, 8:])  # map 1
+    with pytest.raises(ValueError, match=r"overlay: dim must be a number in \[0, 1\], got -0\.1"):
+        render.overlay(image, m, dim=-0.1)
+
+
 def test_overlay_diverging_weights_by_magnitude_and_nan_shows_photo():
     image = _photo(2, 3)
     m = np.array([[-1.0, 0.0, np.nan], [1.0, 0.0, 0.0]])
