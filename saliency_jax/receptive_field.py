@@ -38,7 +38,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import math
+import os
+import tempfile
 from typing import NamedTuple, Sequence
 
 import jax
@@ -46,6 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attribution.rules import field_probe
+from saliency_jax.checkpoints.cache import cache_dir
 from saliency_jax.attribution.units import architecture_key, layer_activation, layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_layer
@@ -138,11 +143,75 @@ def receptive_field(model: Model, layer: str, *, input_size: Sequence[int] | Non
         raise ValueError(f"layer {layer!r} has no spatial positions (shape {shape}): no receptive field")
     key = (architecture_key(model), layer, hw)
     if key not in _CACHE:
-        _CACHE[key] = _measure(model, layer, hw)
+        disk_key = _disk_key(model, layer, hw)
+        stored = _read_disk(disk_key)
+        _CACHE[key] = stored if stored is not None else _measure(model, layer, hw)
+        if stored is None:
+            _write_disk(disk_key, _CACHE[key])
     return _CACHE[key]
 
 
 _CACHE: dict = {}
+
+# ---- on-disk cache (zoo models only) ----------------------------------------------------
+# Measuring a late layer's field takes seconds (probes at 2-4x the input size); a zoo model's
+# architecture is fixed by this package's code, so its fields are kept across processes in
+# `cache_dir()/receptive_fields.json`, keyed by package version, module class and fields,
+# variable shapes, layer and input size. A user's own module (whose code can change without
+# its name or shapes changing) is only cached in memory.
+_DISK_FILE = "receptive_fields.json"
+
+
+def _disk_key(model: Model, layer: str, hw: tuple[int, int]) -> str | None:
+    from saliency_jax import __version__  # the package imports this module
+
+    module = model.module
+    cls = type(module)
+    if not cls.__module__.startswith("saliency_jax.models.") or cls.__module__ == "saliency_jax.models.custom":
+        return None
+    fields = []
+    for f in dataclasses.fields(module):
+        if f.name in ("parent", "name"):
+            continue
+        value = getattr(module, f.name)
+        text = (f"{getattr(value, '__module__', '?')}.{getattr(value, '__name__', type(value).__name__)}"
+                if callable(value) else repr(value))
+        if " at 0x" in text:  # an address: not stable across processes
+            return None
+        fields.append(f"{f.name}={text}")
+    _, treedef, shapes = architecture_key(model)
+    text = "|".join([__version__, f"{cls.__module__}.{cls.__qualname__}", *fields, str(treedef), str(shapes),
+                     layer, str(hw)])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _read_disk(disk_key: str | None) -> ReceptiveField | None:
+    if disk_key is None:
+        return None
+    try:
+        entry = json.loads((cache_dir() / _DISK_FILE).read_text())[disk_key]
+        return ReceptiveField(*(tuple(int(v) for v in pair) for pair in entry))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_disk(disk_key: str | None, field: ReceptiveField) -> None:
+    if disk_key is None:
+        return
+    path = cache_dir() / _DISK_FILE
+    try:
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        table[disk_key] = [list(v) for v in field]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # an unwritable cache only costs speed
 
 
 def _measure(model: Model, layer: str, hw: tuple[int, int]) -> ReceptiveField:

@@ -345,3 +345,24 @@ def test_projection_and_receptive_field_bad_input(tiny, tiny_x):
         receptive_field(tiny, "fc9")
     with pytest.raises(ValueError, match="layer 'pool' has no spatial positions"):
         receptive_field(tiny, "pool")
+
+
+def test_zoo_receptive_fields_persist_across_processes_and_custom_ones_do_not(model, tiny, monkeypatch, tmp_path):
+    import importlib
+
+    rf = importlib.import_module("saliency_jax.receptive_field")  # the package exports a function of this name
+    monkeypatch.setenv("SALIENCY_JAX_CACHE", str(tmp_path))
+    monkeypatch.setattr(rf, "_CACHE", {})  # a fresh process: nothing in memory
+    measured = rf.receptive_field(model, "block1")
+    assert (tmp_path / "receptive_fields.json").is_file()
+
+    monkeypatch.setattr(rf, "_CACHE", {})
+    monkeypatch.setattr(rf, "_measure", lambda *a: pytest.fail("measured again instead of read from disk"))
+    assert rf.receptive_field(model, "block1") == measured
+    assert rf._disk_key(model, "block1", (224, 224)) != rf._disk_key(model, "block2", (224, 224))
+
+    assert rf._disk_key(tiny, "conv", tiny.input_size) is None  # a user's module: memory only
+    (tmp_path / "receptive_fields.json").write_text("{not json")  # a damaged file is measured around
+    monkeypatch.setattr(rf, "_CACHE", {})
+    monkeypatch.setattr(rf, "_measure", lambda *a: measured)
+    assert rf.receptive_field(model, "block1") == measured
