@@ -41,8 +41,6 @@ import functools
 import hashlib
 import json
 import math
-import os
-import tempfile
 from typing import NamedTuple, Sequence
 
 import jax
@@ -50,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attribution.rules import field_probe
-from saliency_jax.checkpoints.cache import cache_dir
 from saliency_jax.attribution.units import architecture_key, layer_activation, layer_shapes
+from saliency_jax.checkpoints.cache import atomic_write, cache_dir
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_layer
 
@@ -206,10 +204,7 @@ def _write_disk(disk_key: str | None, field: ReceptiveField) -> None:
             table = {}
         table[disk_key] = [list(v) for v in field]
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(json.dumps(table).encode()))
     except OSError:
         pass  # an unwritable cache only costs speed
 

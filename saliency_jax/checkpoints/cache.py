@@ -54,6 +54,32 @@ def unflatten(flat: dict[str, np.ndarray]) -> dict:
     return tree
 
 
+def atomic_write(path: pathlib.Path, write: Callable) -> None:
+    """`write(binary file)` into a temporary sibling, fsync, then rename over `path`: readers see the
+    old file or the whole new one, never a part (raises OSError; the temporary file is removed)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
 def _entry(tag: str, source: pathlib.Path) -> pathlib.Path:
     stat = source.stat()
     key = f"{tag}|{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
@@ -82,10 +108,7 @@ def cached_convert(tag: str, source: str | os.PathLike, convert: Callable[[], di
     params = convert()
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **flatten(params))
-        os.replace(tmp, entry)
+        atomic_write(entry, lambda f: np.savez(f, **flatten(params)))
     except OSError as err:
         warnings.warn(f"saliency_jax: could not write the params cache at {entry.parent} ({err}); "
                       f"set {ENV_VAR} to a writable folder to make later loads instant.", stacklevel=2)

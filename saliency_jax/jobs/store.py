@@ -21,13 +21,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import pathlib
 import re
 import tempfile
 import zipfile
 
 import numpy as np
+
+from saliency_jax.checkpoints.cache import atomic_write
 
 INDEX_COLUMNS = ("position", "id", "path", "label", "target", "predicted", "score", "target_score", "shard", "row")
 _SHARD = re.compile(r"^shard-(\d{5,})\.npz$")
@@ -43,31 +44,6 @@ def _reason(err: OSError) -> str:
 
 def shard_name(k: int) -> str:
     return f"shard-{k:05d}.npz"
-
-
-def _atomic_write(path: pathlib.Path, write) -> None:
-    """`write(binary file)` into a temporary sibling, fsync, then rename over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
 
 
 def _safe_relpath(record_id: str) -> str:
@@ -124,7 +100,7 @@ class JobStore:
 
     def _write(self, path: pathlib.Path, write) -> None:
         try:
-            _atomic_write(path, write)
+            atomic_write(path, write)
         except OSError as e:
             raise JobError(f"cannot write {str(path)!r}: {_reason(e)}") from None
 

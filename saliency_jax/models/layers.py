@@ -104,16 +104,7 @@ _depthwise_shift_add.defvjp(_depthwise_fwd, _depthwise_bwd)
 def _depthwise_native(x, w, stride: int):
     """Depthwise convolution as XLA's grouped convolution (fast on GPU/TPU)."""
     k, c = w.shape[0], w.shape[-1]
-    ph = same_padding(x.shape[1], k, stride)
-    pw = same_padding(x.shape[2], k, stride)
-    return lax.conv_general_dilated(
-        x,
-        w.reshape(k, k, 1, c),
-        window_strides=(stride, stride),
-        padding=(ph, pw),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=c,
-    )
+    return _conv_native(x, w.reshape(k, k, 1, c), stride, groups=c)
 
 
 def depthwise_conv(x, w, *, stride: int = 1, impl: str = "auto"):
@@ -130,16 +121,7 @@ def depthwise_conv(x, w, *, stride: int = 1, impl: str = "auto"):
       [B, ceil(H/stride), ceil(W/stride), C]. Both implementations agree to
       float rounding, and both differentiate w.r.t. `x` and `w`.
     """
-    if impl == "shift_add":
-        return _depthwise_shift_add(x, w, stride)
-    if impl == "native":
-        return _depthwise_native(x, w, stride)
-    if impl != "auto":
-        raise ValueError(f"impl must be 'auto', 'shift_add' or 'native', got {impl!r}")
-    return lax.platform_dependent(
-        x, w, cpu=lambda x, w: _depthwise_shift_add(x, w, stride),
-        default=lambda x, w: _depthwise_native(x, w, stride),
-    )
+    return _by_impl(impl, "shift_add", _depthwise_shift_add, _depthwise_native, x, w, stride)
 
 
 def pointwise_conv(x, w):
@@ -154,7 +136,7 @@ def pointwise_conv(x, w):
 IM2COL_MAX_COLUMNS = 32
 
 
-def _conv_native(x, w, stride: int):
+def _conv_native(x, w, stride: int, groups: int = 1):
     k = w.shape[0]
     return lax.conv_general_dilated(
         x,
@@ -162,6 +144,7 @@ def _conv_native(x, w, stride: int):
         window_strides=(stride, stride),
         padding=(same_padding(x.shape[1], k, stride), same_padding(x.shape[2], k, stride)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=groups,
     )
 
 
@@ -180,14 +163,20 @@ def conv(x, w, *, stride: int = 1, impl: str = "auto"):
     impl: "native" (XLA's convolution), "im2col" (windows + one matrix product), or
     "auto": im2col on CPU when k*k*Cin <= IM2COL_MAX_COLUMNS, native otherwise.
     """
+    if impl == "auto" and w.shape[0] * w.shape[1] * w.shape[2] > IM2COL_MAX_COLUMNS:
+        impl = "native"
+    return _by_impl(impl, "im2col", _conv_im2col, _conv_native, x, w, stride)
+
+
+def _by_impl(impl: str, cpu_name: str, cpu_fn, native_fn, x, w, stride: int):
+    """impl `cpu_name` -> cpu_fn, "native" -> native_fn, "auto" -> cpu_fn on CPU and native_fn
+    elsewhere (`lax.platform_dependent`, decided when lowering)."""
+    if impl == cpu_name:
+        return cpu_fn(x, w, stride)
     if impl == "native":
-        return _conv_native(x, w, stride)
-    if impl == "im2col":
-        return _conv_im2col(x, w, stride)
+        return native_fn(x, w, stride)
     if impl != "auto":
-        raise ValueError(f"impl must be 'auto', 'im2col' or 'native', got {impl!r}")
-    if w.shape[0] * w.shape[1] * w.shape[2] > IM2COL_MAX_COLUMNS:
-        return _conv_native(x, w, stride)
+        raise ValueError(f"impl must be 'auto', '{cpu_name}' or 'native', got {impl!r}")
     return lax.platform_dependent(
-        x, w, cpu=lambda x, w: _conv_im2col(x, w, stride), default=lambda x, w: _conv_native(x, w, stride)
+        x, w, cpu=lambda x, w: cpu_fn(x, w, stride), default=lambda x, w: native_fn(x, w, stride)
     )
