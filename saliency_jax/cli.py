@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(e)
     e.add_argument("--cmap", default="inferno", help="colormap for heatmaps and overlays (default inferno)")
     e.add_argument("--dim", type=_unit_interval, default=None,
-                   help="darken the photo in overlays where the map is low, 0..1 (default render.OVERLAY_DIM, 0.5)")
+                   help="darken the photo in overlays where the map is low, 0..1 (default 0.5, render.OVERLAY_DIM)")
     e.add_argument("--samples", type=_positive_int, default=25, help="SmoothGrad noise samples (default 25)")
     e.add_argument("--steps", type=_positive_int, default=50, help="Integrated Gradients steps (default 50)")
     e.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")

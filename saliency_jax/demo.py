@@ -66,7 +66,7 @@ def run_demo(
         sal[method] = np.asarray(maps.saliency_map(grads))
         for name, photo, s in zip(names, photos, sal[method]):
             render.save_png(out / f"{name}_{method}.png", render.colorize(s, size=photo.shape[:2]))
-            render.save_png(out / f"{name}_{method}_overlay.png", render.overlay(photo, s, dim=render.OVERLAY_DIM))
+            render.save_png(out / f"{name}_{method}_overlay.png", render.overlay(photo, s))
     for name, photo in zip(names, photos):
         render.save_png(out / f"{name}.png", photo)
 

@@ -153,12 +153,12 @@ def _resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(resized, dtype=np.float32)
 
 
-# How much the `explain` command, the demo and `batch --save-png` darken the photo where a map is
-# low (`overlay(dim=...)`): smooth maps such as Grad-CAM stay visible on bright photos.
+# How much `overlay` darkens the photo where a map is low, by default: smooth maps such as
+# Grad-CAM stay visible on bright photos.
 OVERLAY_DIM = 0.5
 
 
-def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: float = 0.0) -> np.ndarray:
+def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: float = OVERLAY_DIM) -> np.ndarray:
     """Blends a colourised map over a photo, more opaque where the map is salient.
 
     The map is resized to the photo with Pillow's bilinear filter on float
@@ -175,7 +175,7 @@ def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: flo
       map2d: ``[h,w]`` map in [0, 1] ([-1, 1] for a diverging ``cmap``), any size.
       cmap: a name from ``colormap_names()``.
       alpha: opacity of the colour map at full saliency, in [0, 1].
-      dim: how much to darken the photo where the map is 0, in [0, 1].
+      dim: how much to darken the photo where the map is 0, in [0, 1] (0: unchanged).
 
     Returns:
       ``uint8 [H,W,3]``, the photo's size.

@@ -64,7 +64,7 @@ def test_overlay_keeps_image_where_map_is_zero():
     image = _photo()
     m = np.zeros((12, 16), np.float32)
     m[:, 8:] = 1.0
-    out = render.overlay(image, m, alpha=0.5)
+    out = render.overlay(image, m, alpha=0.5, dim=0.0)
     assert out.shape == image.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out[:, :8], image[:, :8])
     top = render.colormap("inferno")[-1].astype(np.float32)
@@ -74,11 +74,11 @@ def test_overlay_keeps_image_where_map_is_zero():
 
 def test_overlay_resizes_map_to_image():
     image = _photo(30, 40)
-    out = render.overlay(image, np.zeros((7, 5)))  # smaller, other aspect ratio
+    out = render.overlay(image, np.zeros((7, 5)), dim=0.0)  # smaller, other aspect ratio
     np.testing.assert_array_equal(out, image)
     full = render.overlay(image, np.ones((3, 3)), cmap="gray", alpha=1.0)  # constant stays 1
     np.testing.assert_array_equal(full, np.full_like(image, 255))
-    np.testing.assert_array_equal(render.overlay(image, np.ones((3, 3)), alpha=0.0), image)
+    np.testing.assert_array_equal(render.overlay(image, np.ones((3, 3)), alpha=0.0, dim=0.0), image)
 
 
 def test_overlay_dim_darkens_the_photo_where_the_map_is_low_only():
@@ -96,7 +96,7 @@ def test_overlay_dim_darkens_the_photo_where_the_map_is_low_only():
 def test_overlay_diverging_weights_by_magnitude_and_nan_shows_photo():
     image = _photo(2, 3)
     m = np.array([[-1.0, 0.0, np.nan], [1.0, 0.0, 0.0]])
-    out = render.overlay(image, m, cmap="coolwarm", alpha=1.0)
+    out = render.overlay(image, m, cmap="coolwarm", alpha=1.0, dim=0.0)
     lut = render.colormap("coolwarm")
     np.testing.assert_array_equal(out[0, 0], lut[0])
     np.testing.assert_array_equal(out[1, 0], lut[-1])

@@ -287,7 +287,6 @@ def _shard_arrays(lo: int, hi: int, good, bad, outputs: _Outputs) -> dict:
 
 
 def _overlays(good, maps, cmap: str) -> list:
-    from saliency_jax.render import OVERLAY_DIM, overlay
+    from saliency_jax.render import overlay
 
-    return [(ex.id, overlay(ex.image, maps[i].astype(np.float32), cmap=cmap, dim=OVERLAY_DIM))
-            for i, (ex, _) in enumerate(good)]
+    return [(ex.id, overlay(ex.image, maps[i].astype(np.float32), cmap=cmap)) for i, (ex, _) in enumerate(good)]
