@@ -185,9 +185,54 @@ def test_lucid_image_stays_in_the_pixel_box(tiny):
     assert low == (-127 / 128,) and high == (1.0,)
     p = parameterizations.LucidImage(low, high)
     params = p.init(jax.random.key(0), (8, 8, 3))
-    assert params.shape == (2, 8, 5, 3)
+    assert params.shape == (2, 3, 8, 5)
     image = p(100.0 * params)
     assert image.shape == (8, 8, 3) and float(image.min()) >= low[0] and float(image.max()) <= high[0]
+
+
+def test_lucid_fourier_coefficient_is_a_scaled_cosine():
+    # One real coefficient at frequency (ky, kx) of an orthonormal inverse real FFT is, with its
+    # Hermitian twin, 2a/sqrt(HW) cos(2 pi (ky y/H + kx x/W)); Lucid scales it by 1/|f| and divides by 4.
+    h, w, ky, kx, a = 8, 12, 1, 2, 0.3
+    p = parameterizations.LucidImage((0.0,), (1.0,), decorrelate=False)
+    params = np.zeros((2, 3, h, w // 2 + 1), np.float32)
+    params[0, 1, ky, kx] = a
+    image = np.asarray(p(jnp.asarray(params)), np.float64)
+    pre = np.log(image / (1 - image))  # undo the sigmoid into (0, 1)
+    y, x = np.mgrid[:h, :w]
+    freq = np.hypot(ky / h, kx / w)
+    expected = 2 * a / np.sqrt(h * w) / freq / 4 * np.cos(2 * np.pi * (ky * y / h + kx * x / w))
+    np.testing.assert_allclose(pre[..., 1], expected, atol=1e-5)
+    np.testing.assert_allclose(pre[..., [0, 2]], 0.0, atol=1e-6)
+    # decorrelated colour mixes that plane into every channel by the (normalised) matrix's column 1
+    mixed = parameterizations.LucidImage((0.0,), (1.0,))(jnp.asarray(params))
+    mixed = np.log(np.asarray(mixed, np.float64) / (1 - np.asarray(mixed, np.float64)))
+    column = parameterizations._COLOR_CORRELATION[:, 1]
+    np.testing.assert_allclose(mixed, expected[..., None] * column, atol=1e-5)
+
+
+def test_lucid_pixels_without_fft_and_per_channel_box():
+    p = parameterizations.LucidImage((0.0, -1.0, 2.0), (1.0, 1.0, 3.0), fft=False, decorrelate=False)
+    params = p.init(jax.random.key(0), (4, 6, 3))
+    assert params.shape == (4, 6, 3)
+    image = np.asarray(p(params))
+    expected = np.array([0.0, -1.0, 2.0]) + np.array([1.0, 2.0, 1.0]) / (1 + np.exp(-np.asarray(params)))
+    np.testing.assert_allclose(image, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("setting", ["pixels", "lucid"])
+def test_norms_are_the_image_norms_after_every_step(tiny, setting):
+    kw = dict(key=jax.random.key(2), optimizer=ADAM, parameterization=parameterizations.Pixels(0.1))
+    if setting == "lucid":
+        kw.update(LUCID)
+    objective = obj.class_score([0, 3])
+    full = optimize.visualize(tiny, objective, num_steps=4, **kw)
+    for k in (1, 3, 4):  # the image after k steps has the norm reported after step k
+        part = optimize.visualize(tiny, objective, num_steps=k, **kw)
+        norms = np.linalg.norm(part.image.reshape(2, -1), axis=1)
+        np.testing.assert_allclose(full.norms[:, k - 1], norms, rtol=1e-5)
+    split = optimize.visualize(tiny, objective, num_steps=4, steps_per_call=3, **kw)
+    np.testing.assert_allclose(split.norms, full.norms, rtol=1e-5)
 
 
 def test_transforms_shapes_and_identities():

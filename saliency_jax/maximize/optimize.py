@@ -103,30 +103,34 @@ def init_state(parameterization, optimizer: optax.GradientTransformation, shape,
 
 
 def step(state: State, forward, objective, *, optimizer, parameterization, transforms=(), project=None):
-    """One ascent step: (new State, objective value at the old parameters)."""
+    """One ascent step: (new State, (objective value, ||image||) at the old parameters)."""
     key, sub = jax.random.split(state.key)
 
     def value_fn(params):
         image = parameterization(params)
         logits, features = forward(_transforms.apply(transforms, sub, image))
-        return objective(image, features, logits)
+        return objective(image, features, logits), optax.tree.norm(image)
 
-    value, grad = jax.value_and_grad(value_fn)(state.params)
+    (value, norm), grad = jax.value_and_grad(value_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(jax.tree.map(jnp.negative, grad), state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if project is not None:
         params = project(params)
-    return State(params, opt_state, key), value
+    return State(params, opt_state, key), (value, norm)
 
 
 def run(state: State, forward, objective, *, num_steps: int, parameterization, **step_options):
-    """`num_steps` steps in a `lax.scan`: (State, values [num_steps], norms [num_steps])."""
+    """`num_steps` steps in a `lax.scan`: (State, values [num_steps], norms [num_steps]).
+
+    values[i] is the objective at the start of step i, norms[i] the image norm after it.
+    """
 
     def body(state, _):
-        state, value = step(state, forward, objective, parameterization=parameterization, **step_options)
-        return state, (value, optax.tree.norm(parameterization(state.params)))
+        return step(state, forward, objective, parameterization=parameterization, **step_options)
 
-    state, (values, norms) = lax.scan(body, state, length=num_steps)
+    state, (values, before) = lax.scan(body, state, length=num_steps)
+    # The norm after step i is the one step i+1 saw: only the last needs the image built again.
+    norms = jnp.append(before[1:], optax.tree.norm(parameterization(state.params)))
     return state, values, norms
 
 

@@ -63,11 +63,17 @@ class LucidImage:
 
     Attributes:
       low, high: per-channel (or one) bounds of the valid pixel range in model space.
-      fft: parameterise by the 2-D real spectrum [2,H,W/2+1,C] (W even), scaled by
-        1/max(f, 1/max(H,W))^decay_power.
+      fft: parameterise by the 2-D real spectrum [2,C,H,W/2+1] (real and imaginary parts,
+        channel-first as in Lucent; W even), scaled by 1/max(f, 1/max(H,W))^decay_power.
+        Without it the parameters are the pre-sigmoid pixels [H,W,C].
       decorrelate: mix channels with the (normalised) ImageNet colour-correlation square root.
       decay_power: spectrum scaling exponent (Lucid: 1).
       init_scale: std of the Gaussian start of the parameters (Lucid: 0.01).
+
+    The image is built channel-first and turned to [H,W,C] last: XLA:CPU's FFT over the
+    two trailing axes and an elementwise 3x3 colour mix over the leading one are ~2x
+    faster, forward and backward, than over [H,W,C] with a 3x3 matmul (32 images of 224^2:
+    35 vs 57 ms for value and gradient).
     """
 
     low: tuple[float, ...]
@@ -84,23 +90,29 @@ class LucidImage:
         if self.fft:
             if w % 2:
                 raise ValueError(f"the Fourier parameterisation needs an even image width, got {w}")
-            return self.init_scale * jax.random.normal(key, (2, h, w // 2 + 1, c), jnp.float32)
+            return self.init_scale * jax.random.normal(key, (2, c, h, w // 2 + 1), jnp.float32)
         return self.init_scale * jax.random.normal(key, shape, jnp.float32)
 
     def __call__(self, params):
+        """params -> image [H,W,C] in [low, high]."""
         if self.fft:
-            h, wf, _ = params.shape[1:]
-            image = self._spectrum_image(params, h, 2 * (wf - 1))
+            image = self._spectrum_image(params)  # [C,H,W]
         else:
-            image = params
-        if self.decorrelate:
-            image = image @ jnp.asarray(_COLOR_CORRELATION.T)
-        low, high = jnp.asarray(self.low, jnp.float32), jnp.asarray(self.high, jnp.float32)
-        return low + (high - low) * jax.nn.sigmoid(image)
+            image = jnp.moveaxis(params, -1, 0)
+        if self.decorrelate:  # unrolled: elementwise, fused; a 3x3 dot is not on CPU
+            m = _COLOR_CORRELATION
+            image = jnp.stack([sum(float(m[i, j]) * image[j] for j in range(3)) for i in range(3)])
+        c = image.shape[0]
+        low = jnp.broadcast_to(jnp.asarray(self.low, jnp.float32), (c,))[:, None, None]
+        high = jnp.broadcast_to(jnp.asarray(self.high, jnp.float32), (c,))[:, None, None]
+        return jnp.moveaxis(low + (high - low) * jax.nn.sigmoid(image), 0, -1)
 
-    def _spectrum_image(self, params, h, w):
+    def _spectrum_image(self, params):
+        """[2,C,H,W/2+1] -> [C,H,W]: the scaled spectrum's inverse real FFT (orthonormal) / 4."""
+        h, wf = params.shape[2:]
+        w = 2 * (wf - 1)
         freqs = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
         scale = (1.0 / np.maximum(freqs, 1.0 / max(h, w)) ** self.decay_power).astype(np.float32)
-        spectrum = jax.lax.complex(params[0], params[1]) * jnp.asarray(scale)[:, :, None]
-        image = jnp.fft.irfft2(spectrum, s=(h, w), axes=(0, 1), norm="ortho")
+        spectrum = jax.lax.complex(params[0], params[1]) * jnp.asarray(scale)
+        image = jnp.fft.irfft2(spectrum, s=(h, w), axes=(1, 2), norm="ortho")
         return image / 4.0  # Lucid's "magic" normalisation
