@@ -247,6 +247,76 @@ def test_transforms_shapes_and_identities():
     np.testing.assert_allclose(tr.RandomRotate((180.0,))(key, x), x[::-1, ::-1], atol=1e-4)
 
 
+def _map_coordinates_warp(image, inverse, value):
+    """The reference: jax.scipy's bilinear map_coordinates at centre + inverse @ (p - centre)."""
+    from jax.scipy import ndimage
+
+    h, w, _ = image.shape
+    centre = jnp.array([(h - 1) / 2, (w - 1) / 2])
+    grid = jnp.stack(jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
+                                  indexing="ij"), axis=-1)
+    coords = jnp.einsum("ij,hwj->ihw", inverse, grid - centre) + centre[:, None, None]
+    sample = lambda ch: ndimage.map_coordinates(ch, list(coords), order=1, mode="constant", cval=value)
+    return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+
+
+@pytest.mark.parametrize("scale,angle", [(1.0, 0.0), (1.1, 10.0), (0.9, -7.0), (0.5, 0.0), (2.0, 0.0),
+                                         (1.0, 45.0), (1.3, 180.0), (0.7, -100.0)])
+def test_affine_warp_and_its_gather_adjoint_match_map_coordinates(scale, angle):
+    # The warp's backward pass is our own gather (not autodiff's scatter): values and input
+    # gradients must equal map_coordinates' for zooms, shrinks and any rotation.
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 13, 18, 3)), jnp.float32)  # two images: vmapped like targets
+    g = jnp.asarray(rng.normal(size=(2, 13, 18, 3)), jnp.float32)
+    a = np.deg2rad(angle)
+    inverse = jnp.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]], jnp.float32) / scale
+    t = tr.RandomScaleRotate((scale,), (angle,), 0.25)
+    ours = lambda x: jnp.vdot(jax.vmap(lambda im: t(jax.random.key(0), im))(x), g)  # noqa: E731
+    ref = lambda x: jnp.vdot(jax.vmap(lambda im: _map_coordinates_warp(im, inverse, 0.25))(x), g)  # noqa: E731
+    np.testing.assert_allclose(jax.vmap(lambda im: t(jax.random.key(0), im))(x),
+                               jax.vmap(lambda im: _map_coordinates_warp(im, inverse, 0.25))(x), atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.grad(ours))(x), jax.grad(ref)(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_jitter_and_its_adjoint_match_pad_and_slice(seed):
+    # Jitter's backward pass is our own shift (not autodiff's scatter): it must be the exact adjoint.
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(2, 7, 9, 3)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(2, 7, 9, 3)), jnp.float32)
+    key, d = jax.random.key(seed), 4
+    dy, dx = (int(v) for v in jax.random.randint(key, (2,), 0, d))
+
+    def ref(im):
+        padded = jnp.pad(im, ((d, d), (d, d), (0, 0)), constant_values=0.5)
+        return padded[d - dy:d - dy + 7, d - dx:d - dx + 9]
+
+    ours = jax.vmap(lambda im: tr.Jitter(d, 0.5)(key, im))
+    np.testing.assert_array_equal(ours(x), jax.vmap(ref)(x))
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.vdot(ours(x), g))(x),
+                                  jax.grad(lambda x: jnp.vdot(jax.vmap(ref)(x), g))(x))
+
+
+def test_scale_and_rotate_alone_match_the_combined_warp():
+    x = jnp.asarray(np.random.default_rng(6).normal(size=(9, 10, 3)), jnp.float32)
+    key = jax.random.key(0)
+    np.testing.assert_allclose(tr.RandomScale((1.2,))(key, x), tr.RandomScaleRotate((1.2,), (0.0,))(key, x),
+                               atol=1e-6)
+    np.testing.assert_allclose(tr.RandomRotate((30.0,))(key, x), tr.RandomScaleRotate((1.0,), (30.0,))(key, x),
+                               atol=1e-6)
+    for t in (tr.RandomScale((0.8, 1.2)), tr.RandomRotate((-60.0, 60.0))):
+        grad = jax.grad(lambda x: jnp.sum(t(key, x) ** 2))(x)
+        assert grad.shape == x.shape and bool(jnp.all(jnp.isfinite(grad)))
+
+
+@pytest.mark.parametrize("scales", [(), (1.0, 0.0), (-1.0,)])
+def test_scales_must_be_positive(scales):
+    with pytest.raises(ValueError, match="scales must be positive numbers"):
+        tr.RandomScale(scales)
+    with pytest.raises(ValueError, match="scales must be positive numbers"):
+        tr.RandomScaleRotate(scales, (0.0,))
+
+
 # ---- presets --------------------------------------------------------------------------------
 def test_paper_preset_starts_from_the_training_mean(tiny):
     vis = presets.class_model(tiny, [0, 1], num_steps=1, learning_rate=1e-6)

@@ -11,15 +11,23 @@ by `apply(transforms, key, image)`, each with its own split of the key.
 Fill values are in the model's input space: 0.0 is the training mean (grey).
 `standard()` is Lucid's default chain: pad 12, jitter 8, random scale 0.9..1.1 and
 rotation -10..10 degrees (one resampling), jitter 4.
+
+Jitter and the bilinear warp carry their own exact adjoints (a shift back, and a gather
+over the few outputs that read each input pixel): autodiff's transposes of their
+vmapped gathers are scatters, which XLA:CPU runs on one thread. Tests pin both
+against autodiff of the plain formulation (`jax.scipy.ndimage.map_coordinates`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
-from jax.scipy import ndimage
+import numpy as np
+from jax import lax
 
 __all__ = ["Pad", "Jitter", "RandomScale", "RandomRotate", "RandomScaleRotate", "apply", "standard", "check_transforms"]
 
@@ -44,11 +52,33 @@ class Jitter:
     value: float = 0.0
 
     def __call__(self, key, image):
-        h, w, c = image.shape
-        d = self.d
-        shift = jax.random.randint(key, (2,), 0, d)
-        padded = jnp.pad(image, ((d, d), (d, d), (0, 0)), constant_values=self.value)
-        return jax.lax.dynamic_slice(padded, (d - shift[0], d - shift[1], 0), (h, w, c))
+        shift = jax.random.randint(key, (2,), 0, self.d)
+        return _shift(image, shift, self.d, self.value)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _shift(image, shift, d, value):
+    """out[p] = image[p - shift] where that is inside the image, else `value`; 0 <= shift < d."""
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((d, d), (d, d), (0, 0)), constant_values=value)
+    return lax.dynamic_slice(padded, (d - shift[0], d - shift[1], 0), (h, w, c))
+
+
+def _shift_fwd(image, shift, d, value):
+    return _shift(image, shift, d, value), shift
+
+
+def _shift_bwd(d, value, shift, g):
+    """The adjoint shifts back: grad[j] = g[j + shift] (0 outside). Autodiff's own transpose of the
+    vmapped slice is a scatter that XLA:CPU turns into an in-place update on one thread, and fuses
+    the producers of `g` (the warp's adjoint, the stem's) into that loop: with this adjoint a lucid
+    step of 32 targets at 248^2 takes 836 instead of 916 ms on the reference CPU."""
+    h, w, c = g.shape
+    padded = jnp.pad(g, ((d, d), (d, d), (0, 0)))
+    return lax.dynamic_slice(padded, (d + shift[0], d + shift[1], 0), (h, w, c)), np.zeros(shift.shape, jax.dtypes.float0)
+
+
+_shift.defvjp(_shift_fwd, _shift_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,9 +88,12 @@ class RandomScale:
     scales: tuple[float, ...]
     value: float = 0.0
 
+    def __post_init__(self):
+        _check_scales(self.scales)
+
     def __call__(self, key, image):
         s = jax.random.choice(key, jnp.asarray(self.scales, jnp.float32))
-        return _affine(image, jnp.eye(2) / s, self.value)
+        return _affine(image, jnp.eye(2) / s, self.value, reach=max(self.scales))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +106,7 @@ class RandomRotate:
     def __call__(self, key, image):
         a = jnp.deg2rad(jax.random.choice(key, jnp.asarray(self.angles, jnp.float32)))
         cos, sin = jnp.cos(a), jnp.sin(a)
-        return _affine(image, jnp.array([[cos, -sin], [sin, cos]]), self.value)
+        return _affine(image, jnp.array([[cos, -sin], [sin, cos]]), self.value, reach=_rotation_reach(self.angles))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,23 +117,95 @@ class RandomScaleRotate:
     angles: tuple[float, ...]
     value: float = 0.0
 
+    def __post_init__(self):
+        _check_scales(self.scales)
+
     def __call__(self, key, image):
         scale_key, angle_key = jax.random.split(key)
         s = jax.random.choice(scale_key, jnp.asarray(self.scales, jnp.float32))
         a = jnp.deg2rad(jax.random.choice(angle_key, jnp.asarray(self.angles, jnp.float32)))
         cos, sin = jnp.cos(a), jnp.sin(a)
-        return _affine(image, jnp.array([[cos, -sin], [sin, cos]]) / s, self.value)
+        reach = max(self.scales) * _rotation_reach(self.angles)
+        return _affine(image, jnp.array([[cos, -sin], [sin, cos]]) / s, self.value, reach=reach)
 
 
-def _affine(image, inverse, value):
-    """Samples image at centre + inverse @ (p - centre) for each output pixel p (bilinear)."""
-    h, w, _ = image.shape
+def _check_scales(scales):
+    if not scales or not all(s > 0 for s in scales):
+        raise ValueError(f"scales must be positive numbers, got {scales!r}")
+
+
+def _rotation_reach(angles) -> float:
+    """max |cos a| + |sin a| over the angles (degrees): the row-sum norm of their rotations."""
+    return max(abs(math.cos(math.radians(a))) + abs(math.sin(math.radians(a))) for a in angles)
+
+
+# ---- bilinear affine resampling, with a gather-based adjoint ------------------------------------
+def _affine(image, inverse, value, *, reach: float):
+    """Output pixel p samples `image` [H,W,C] at centre + inverse @ (p - centre), bilinearly; corners
+    outside the image read `value` (as `jax.scipy.ndimage.map_coordinates(order=1, mode="constant")`).
+
+    `reach` (static) bounds the row-sum norm of inverse^-1, i.e. how far apart, in output pixels,
+    two outputs can be that read the same input pixel. The transform's parameters are random draws
+    and are not differentiated (stop_gradient).
+    """
+    return _bilinear(image, lax.stop_gradient(inverse), value, float(reach))
+
+
+def _positions(shape, matrix):
+    """[2,H,W]: centre + matrix @ (p - centre) for every pixel p of an H x W grid."""
+    h, w = shape
     centre = jnp.array([(h - 1) / 2, (w - 1) / 2], jnp.float32)
     grid = jnp.stack(jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                                  indexing="ij"), axis=-1)
-    coords = jnp.einsum("ij,hwj->ihw", inverse, grid - centre) + centre[:, None, None]
-    sample = lambda channel: ndimage.map_coordinates(channel, list(coords), order=1, mode="constant", cval=value)
-    return jax.vmap(sample, in_axes=-1, out_axes=-1)(image)
+                                  indexing="ij"))
+    return jnp.einsum("ij,jhw->ihw", matrix, grid - centre[:, None, None]) + centre[:, None, None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bilinear(image, inverse, value, reach):
+    h, w, _ = image.shape
+    qy, qx = _positions((h, w), inverse)
+    y0, x0 = jnp.floor(qy), jnp.floor(qx)
+    fy, fx = qy - y0, qx - x0
+    y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+    out = jnp.zeros_like(image)
+    for dy, wy in ((0, 1 - fy), (1, fy)):
+        for dx, wx in ((0, 1 - fx), (1, fx)):
+            y, x = y0 + dy, x0 + dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            corner = image[jnp.clip(y, 0, h - 1), jnp.clip(x, 0, w - 1)]
+            out = out + (wy * wx)[..., None] * jnp.where(inside[..., None], corner, value)
+    return out
+
+
+def _bilinear_fwd(image, inverse, value, reach):
+    return _bilinear(image, inverse, value, reach), inverse
+
+
+def _bilinear_bwd(value, reach, inverse, g):
+    """The exact adjoint as a gather: input pixel j collects g[p] * tent(q(p) - j) from the outputs
+    p near inverse^-1 (j - centre) + centre, an n x n window (n = floor(2 reach) + 1) that holds every
+    p with |q(p) - j| < 1. Autodiff's transpose of the gathers would be a scatter-add, which XLA:CPU
+    runs on one thread: 32 images of 248^2, 30 -> 14 ms."""
+    h, w, _ = g.shape
+    qy, qx = _positions((h, w), inverse)
+    (a, b), (c, d) = inverse
+    forward = jnp.array([[d, -b], [-c, a]]) / (a * d - b * c)
+    centre_y, centre_x = _positions((h, w), forward)
+    jy, jx = _positions((h, w), jnp.eye(2))
+    top, left = jnp.ceil(centre_y - reach).astype(jnp.int32), jnp.ceil(centre_x - reach).astype(jnp.int32)
+    n = math.floor(2 * reach) + 1
+    grad = jnp.zeros_like(g)
+    for dy in range(n):
+        for dx in range(n):
+            y, x = top + dy, left + dx
+            inside = (y >= 0) & (y < h) & (x >= 0) & (x < w)
+            y, x = jnp.clip(y, 0, h - 1), jnp.clip(x, 0, w - 1)
+            tent = jnp.maximum(0.0, 1 - jnp.abs(qy[y, x] - jy)) * jnp.maximum(0.0, 1 - jnp.abs(qx[y, x] - jx))
+            grad = grad + jnp.where(inside, tent, 0.0)[..., None] * g[y, x]
+    return grad, jnp.zeros_like(inverse)
+
+
+_bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
 
 
 def apply(transforms, key, image):
