@@ -1,7 +1,7 @@
 """Benchmark: class-model optimisation throughput (target-steps/s) at 224x224, JAX vs Lucent.
 
 Run:
-    python experiments/bench_maximize.py              # 1, 8, 32 targets; JAX presets + Lucent both mallocs
+    python experiments/bench_maximize.py              # JAX at 1, 8, 32 targets; Lucent at 1..32, both mallocs
     python experiments/bench_maximize.py --quick      # 1 and 4 targets, 3 steps (smoke test)
 
 One target-step is one gradient-ascent step on one image. JAX (`saliency_jax.maximize.visualize`)
@@ -38,7 +38,7 @@ CLASSES = [130, 285, 967, 9, 99, 250, 251, 278, 508, 543, 627, 897, 945, 951, 96
            2, 17, 22, 80, 144, 291, 309, 340, 386, 409, 417, 430, 457, 504, 717, 980]
 
 
-def bench_jax(targets, steps, presets):
+def bench_jax(targets, steps, presets, repeats):
     import jax
 
     import saliency_jax
@@ -53,9 +53,12 @@ def bench_jax(targets, steps, presets):
             start = time.perf_counter()
             visualize(model, key=key, **options)
             first = time.perf_counter() - start
-            start = time.perf_counter()
-            visualize(model, key=jax.random.key(1), **options)
-            run = time.perf_counter() - start
+            times = []
+            for r in range(repeats):
+                start = time.perf_counter()
+                visualize(model, key=jax.random.key(1 + r), **options)
+                times.append(time.perf_counter() - start)
+            run = min(times)
             out[f"{preset} target-steps/s ({t})"] = t * steps / run
             out[f"{preset} compile s ({t})"] = max(first - run, 0.0)
             print(f"  jax {preset} {t} targets: {t * steps / run:.2f} target-steps/s, "
@@ -93,7 +96,7 @@ def _torchvision_stand_in():
     return True
 
 
-def bench_lucent(targets, steps, device="cpu"):
+def bench_lucent(targets, steps, repeats, device="cpu"):
     import torch
 
     stand_in = _torchvision_stand_in()
@@ -115,71 +118,94 @@ def bench_lucent(targets, steps, device="cpu"):
     for pixels, name in ((False, "lucent"), (True, "lucent pixels")):
         for t in targets:
             run(t, 1, pixels)  # warm-up
-            start = time.perf_counter()
-            run(t, steps, pixels)
-            out[f"{name} target-steps/s ({t})"] = t * steps / (time.perf_counter() - start)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(t, steps, pixels)
+                times.append(time.perf_counter() - start)
+            out[f"{name} target-steps/s ({t})"] = t * steps / min(times)
     return out
 
 
-def _lucent_subprocess(targets, steps, allocator: str, device: str):
-    args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps), "--torch-device", device]
+def _lucent_subprocess(targets, steps, repeats, allocator: str, device: str):
+    args = ["--lucent-only", "--targets", ",".join(map(str, targets)), "--steps", str(steps),
+            "--repeats", str(repeats), "--torch-device", device]
     return json_subprocess(__file__, args, allocator=allocator)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default="1,8,32")
+    parser.add_argument("--targets", default="1,8,32", help="target counts for saliency_jax")
+    parser.add_argument("--lucent-targets", default="1,2,4,8,16,32",
+                        help="target counts (batch sizes) for Lucent, whose best batch is the reference")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per measurement (the best counts)")
     parser.add_argument("--presets", default="lucid,paper")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-lucent", action="store_true")
     parser.add_argument("--torch-device", default="cpu", help="where Lucent runs: cpu or cuda")
     parser.add_argument("--lucent-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    targets = [1, 4] if args.quick else [int(t) for t in args.targets.split(",")]
+    parse = lambda text: [int(t) for t in text.split(",")]  # noqa: E731
+    targets = [1, 4] if args.quick else parse(args.targets)
+    lucent_targets = [1, 4] if args.quick else parse(args.lucent_targets)
     steps = 3 if args.quick else args.steps
     if args.lucent_only:
-        print(json.dumps(bench_lucent(targets, steps, args.torch_device)))
+        print(json.dumps(bench_lucent(targets, steps, args.repeats, args.torch_device)))
         return
     hugepages_for_this_script()
 
     import jax
 
     presets = args.presets.split(",")
-    jx = bench_jax(targets, steps, presets)
+    jx = bench_jax(targets, steps, presets, args.repeats)
     rows = {}
     if not args.no_lucent:
-        rows["Lucent, default malloc"] = _lucent_subprocess(targets, steps, "default", args.torch_device)
-        rows["Lucent, tuned malloc"] = _lucent_subprocess(targets, steps, "tuned", args.torch_device)
+        for allocator in ("default", "tuned"):
+            rows[f"Lucent, {allocator} malloc"] = _lucent_subprocess(lucent_targets, steps, args.repeats, allocator,
+                                                                     args.torch_device)
 
     print(f"\njax {jax.__version__} on {jax.devices()[0].device_kind} ({os.cpu_count()} cores), Lucent on "
-          f"{args.torch_device}, {steps} timed steps, "
+          f"{args.torch_device}, {steps} timed steps (best of {args.repeats}), "
           f"224x224, EfficientNet-Lite0\n")
-    print("| target-steps/s | " + " | ".join(f"{t} target{'s' * (t > 1)}" for t in targets) + " |")
-    print("|---" * (len(targets) + 1) + "|")
-    for preset in presets:
-        print(f"| saliency_jax, {preset} preset | "
-              + " | ".join(f"{jx[f'{preset} target-steps/s ({t})']:.2f}" for t in targets) + " |")
+    _table("saliency_jax", targets, {f"{preset} preset": {t: jx[f"{preset} target-steps/s ({t})"] for t in targets}
+                                     for preset in presets})
+    good = {n: r for n, r in rows.items() if "error" not in r}
     for name, r in rows.items():
         if "error" in r:
-            print(f"| {name} | {r['error']} |")
-            continue
-        for kind, label in (("lucent", "defaults"), ("lucent pixels", "pixels, no transforms")):
-            print(f"| {name}, {label} | " + " | ".join(f"{r[f'{kind} target-steps/s ({t})']:.2f}" for t in targets)
-                  + " |")
-    good = {n: r for n, r in rows.items() if "error" not in r}
-    for preset, kind in (("lucid", "lucent"), ("paper", "lucent pixels")):
-        if good and preset in presets:
-            best = max(max(r[f"{kind} target-steps/s ({t})"] for t in targets) for r in good.values())
-            label = "defaults" if kind == "lucent" else "pixels"
-            print(f"| saliency_jax {preset} / Lucent's best, {label} ({best:.2f}) | "
-                  + " | ".join(f"{jx[f'{preset} target-steps/s ({t})'] / best:.2f}x" for t in targets) + " |")
-    print()
+            print(f"- {name}: {r['error']}")
+    if good:
+        _table("Lucent", lucent_targets, {
+            f"{name}, {label}": {t: r[f"{kind} target-steps/s ({t})"] for t in lucent_targets}
+            for name, r in good.items()
+            for kind, label in (("lucent", "defaults"), ("lucent pixels", "pixels, no transforms"))
+        })
+        # saliency_jax at each target count against Lucent's best batch: over both mallocs, and as installed.
+        ratios = {}
+        for preset, kind in (("lucid", "lucent"), ("paper", "lucent pixels")):
+            label = "defaults" if kind == "lucent" else "pixels, no transforms"
+            for which, subset in (("best", good), ("as installed", {n: r for n, r in good.items() if "default" in n})):
+                if not subset or preset not in presets:
+                    continue
+                best, at = max((r[f"{kind} target-steps/s ({t})"], t) for r in subset.values() for t in lucent_targets)
+                ratios[f"{preset} / Lucent {which}, {label} ({best:.2f} at {at})"] = {
+                    t: f"{jx[f'{preset} target-steps/s ({t})'] / best:.2f}x" for t in targets}
+        _table("saliency_jax / Lucent's best batch", targets, ratios)
     for preset in presets:
         print(f"- compile, {preset} preset: "
               + ", ".join(f"{jx[f'{preset} compile s ({t})']:.1f} s ({t})" for t in targets))
     for name, r in good.items():
         print(f"- {name}: torch threads {r['threads']}, torchvision stand-in {r['torchvision stand-in']}")
+
+
+def _table(title, columns, rows):
+    """Prints a Markdown table: one row per entry of `rows` ({label: {column: value}})."""
+    print(f"| {title}, target-steps/s | " + " | ".join(f"{t} target{'s' * (t > 1)}" for t in columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for label, values in rows.items():
+        cells = [v if isinstance(v, str) else f"{v:.2f}" for v in (values[t] for t in columns)]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print()
 
 
 if __name__ == "__main__":
