@@ -393,3 +393,14 @@ def test_paper_class_models_are_top1_with_high_confidence(model):
     for probs, c in zip((model.predict(list(vis.pixels), top=1)), classes):
         assert probs[0][0] == c and probs[0][2] >= 0.9, probs
     assert np.all(vis.values[:, -1] > vis.values[:, 0] + 10)
+
+
+@pytest.mark.slow
+def test_lucid_class_models_are_top1(model):
+    """The lucid preset end to end (Fourier image, transforms with their own adjoints, Adam) on
+    EfficientNet-Lite0: the classes win on their images, seen without the random transforms."""
+    classes = [130, 967]  # flamingo, espresso
+    vis = presets.class_model(model, classes, preset="lucid", key=jax.random.key(0), num_steps=40)
+    for probs, c in zip((model.predict(list(vis.pixels), top=1)), classes):
+        assert probs[0][0] == c and probs[0][2] >= 0.5, probs
+    assert np.all(vis.values[:, -10:].mean(axis=1) > vis.values[:, :10].mean(axis=1) + 5)
