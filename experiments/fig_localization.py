@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -43,7 +44,8 @@ def main():
     photos = [saliency_jax.load_image(bundled[n]) for n in names]
     preds = [p[0] for p in model.predict(photos, top=1)]
     targets = np.array([c for c, _, _ in preds], np.int32)
-    grads = saliency_jax.attribute(model, model.preprocess(photos), targets, method=args.method)
+    grads = saliency_jax.attribute(model, model.preprocess(photos), targets, method=args.method,
+                                   key=jax.random.key(0))  # used by the sampling methods (smoothgrad, ...)
     maps = np.asarray(saliency_jax.saliency_map(grads))
 
     tiles, captions = [], []

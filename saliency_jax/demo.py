@@ -19,6 +19,9 @@ import numpy as np
 
 DEMO_CLASSES = (130, 285, 417, 947, 963, 967)  # flamingo, Egyptian cat, balloon, mushroom, pizza, espresso
 QUICK_METHODS = ("vanilla", "guided", "gradcam")
+# Maps that seed the localisation boxes: the paper's gradient, and SmoothGrad's, whose seeds sit on
+# the object rather than spread over the photo (chelsea: the cat's face instead of its chin).
+LOCALIZE_SEEDS = ("vanilla", "smoothgrad")
 FEATURE_LAYER = "block5"  # receptive field 83 px at 224: patches that still show a part of the photo
 
 
@@ -81,10 +84,11 @@ def run_demo(
     try:
         from saliency_jax.localize import draw_boxes, localize
 
-        for name, photo, s, t in zip(names, photos, sal["vanilla"], targets):
-            loc = localize(photo, s)
-            boxes[name] = loc.box
-            render.save_png(out / f"{name}_box.png", draw_boxes(photo, [loc.box], [model.labels[t]]))
+        seeded_by = [m for m in LOCALIZE_SEEDS if m in sal]
+        for i, (name, photo, t) in enumerate(zip(names, photos, targets)):
+            boxes[name] = {m: localize(photo, sal[m][i]).box for m in seeded_by}
+            labels = [f"{model.labels[t]} ({m})" for m in seeded_by]
+            render.save_png(out / f"{name}_box.png", draw_boxes(photo, list(boxes[name].values()), labels))
     except ImportError as err:
         localize_note = str(err)
 
@@ -144,8 +148,13 @@ def _page(model, names, top5, methods, classes, check, boxes, localize_note, cha
     parts.append("<h2>Weakly supervised localisation (Sec. 3.2)</h2>")
     if localize_note:
         parts.append(f"<p>Skipped: {html.escape(localize_note)}</p>")
-    for name, box in boxes.items():
-        parts.append(_img(f"{name}_box.png", f"{name}: box {box}", width=320))
+    if boxes:
+        parts.append("<p>GrabCut seeded by each map's top 5% (foreground) and bottom 30% (background) "
+                     "pixels; the box holds the largest foreground component. The paper seeds from the "
+                     "gradient (vanilla); SmoothGrad's less noisy map is shown beside it.</p>")
+    for name, by_method in boxes.items():
+        caption = "; ".join(f"{m} {box}" for m, box in by_method.items())
+        parts.append(_img(f"{name}_box.png", f"{name}: {caption}", width=320))
     parts.append(f"<h2>What {FEATURE_LAYER}'s channels respond to (Sec. 4: the deconvnet is the gradient "
                  "with another ReLU rule)</h2><p>Each channel's strongest activations over the photos, "
                  "projected to pixels with the deconvnet rule (left), beside the patch of the photo in the "

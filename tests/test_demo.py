@@ -20,4 +20,5 @@ def test_demo_quick_writes_a_complete_index(model, tmp_path, capsys):
     missing = [s for s in sources if not (out / s).is_file()]
     assert not missing
     assert "Egyptian cat" in page and "espresso" in page
+    assert re.search(r"chelsea: vanilla \(\d+, \d+, \d+, \d+\)", page)  # the paper's box, seeded by the gradient
     assert str(index.resolve()) in capsys.readouterr().out
