@@ -287,9 +287,22 @@ def _maximize(args, run, targets: list[int], unit: str):
         overrides["l2"] = args.l2
     if args.radius is not None:
         overrides["radius"] = args.radius
-    with tqdm(total=len(targets) * steps, unit=unit, desc=args.command, file=sys.stderr) as bar:
+    bars = []
+
+    def progress(n: int) -> None:  # the bar opens when visualize has checked its inputs (bad ones: no bar)
+        if not bars:
+            bars.append(tqdm(total=len(targets) * steps, unit=unit, desc=args.command, file=sys.stderr,
+                             postfix="compiling"))
+        elif n and bars[0].n == 0:
+            bars[0].set_postfix_str(f"first call {bars[0].format_dict['elapsed']:.0f} s incl. compile", refresh=False)
+        bars[0].update(n)
+
+    try:
         vis = run(model, preset=args.preset, key=jax.random.key(args.seed), chunk_size=args.chunk_size,
-                  steps_per_call=_steps_per_call(steps), progress=bar.update, **overrides)
+                  steps_per_call=_steps_per_call(steps), progress=progress, **overrides)
+    finally:
+        for bar in bars:
+            bar.close()
     return model, vis
 
 

@@ -160,6 +160,18 @@ def test_objective_increases(tiny, target):
     assert np.all(res.values[:, -1] > res.values[:, 0] + 0.1)
 
 
+def test_progress_reports_zero_after_the_checks_then_every_call(tiny):
+    calls = []
+    optimize.visualize(tiny, obj.class_score([0, 1, 2]), key=jax.random.key(0), num_steps=4, optimizer=ADAM,
+                       chunk_size=2, steps_per_call=2, progress=calls.append)
+    assert calls == [0, 4, 4, 2, 2]  # chunks of 2 targets (the last padded, counted as 1) x 2 steps
+    calls.clear()
+    with pytest.raises(ValueError, match="class index 9 out of range"):
+        optimize.visualize(tiny, obj.class_score([9]), key=jax.random.key(0), num_steps=4, optimizer=ADAM,
+                           progress=calls.append)
+    assert calls == []
+
+
 def test_same_key_same_image_other_key_other_image(tiny):
     kw = dict(num_steps=5, optimizer=ADAM, **LUCID)
     a = optimize.visualize(tiny, obj.class_score([1, 2]), key=jax.random.key(7), **kw)

@@ -42,6 +42,7 @@ def test_class_model_writes_one_png_per_class_and_a_captioned_montage(tiny_zoo, 
     captured = capsys.readouterr()
     assert "great white shark" in captured.out and "electric ray" in captured.out
     assert "target-step" in captured.err  # the progress bar
+    assert "compiling" in captured.err and "incl. compile" in captured.err  # what the first call's time was
 
 
 def test_neuron_writes_one_png_per_channel(tiny_zoo, tmp_path, capsys):
@@ -64,7 +65,9 @@ def test_neuron_writes_one_png_per_channel(tiny_zoo, tmp_path, capsys):
 )
 def test_bad_targets_are_one_line_errors(tiny_zoo, tmp_path, capsys, args, message):
     assert cli.main(args + ["--steps", "2", "--out", str(tmp_path)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()[-1]
+    err = capsys.readouterr().err
+    assert "target-step" not in err  # no progress bar opens for inputs that are refused
+    err = err.strip().splitlines()[-1]
     assert err == f"saliency-jax: error: {message}" or err.startswith(f"saliency-jax: error: {message}")
 
 

@@ -276,7 +276,8 @@ def visualize(
       chunk_size: targets optimised at once (static); default all. The last chunk is padded.
       steps_per_call: steps per compiled call (the loop state is carried between calls);
         default all. Smaller values let `progress` move during long runs.
-      progress: called with the number of target-steps done after every call.
+      progress: called with 0 once the inputs are checked (before compiling), then with the
+        number of target-steps done after every call.
 
     Returns:
       `Result` of NumPy arrays: image [T,H,W,C], values [T,num_steps], norms [T,num_steps].
@@ -326,6 +327,8 @@ def visualize(
                      shape, constraint)
     bounds = (radius, box)
     size = static_batch_size(total, chunk_size or total)
+    if progress is not None:
+        progress(0)  # inputs are valid: a progress bar may open now (the first call compiles)
     images, values, norms = [], [], []
     for start, stop, chunk in padded_batches(tuple(np.asarray(leaf) for leaf in leaves), size):
         chunk_obj = jax.tree.unflatten(treedef, [jnp.asarray(c) for c in chunk])
