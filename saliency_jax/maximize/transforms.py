@@ -16,6 +16,8 @@ Jitter and the bilinear warp carry their own exact adjoints (a shift back, and a
 over the few outputs that read each input pixel): autodiff's transposes of their
 vmapped gathers are scatters, which XLA:CPU runs on one thread. Tests pin both
 against autodiff of the plain formulation (`jax.scipy.ndimage.map_coordinates`).
+Being `jax.custom_vjp` functions, they support reverse-mode differentiation (what
+gradient ascent uses) but not forward mode (`jax.jvp`, `jax.jacfwd`).
 """
 
 from __future__ import annotations
