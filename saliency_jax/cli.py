@@ -294,7 +294,8 @@ def _maximize(args, run, targets: list[int], unit: str):
             bars.append(tqdm(total=len(targets) * steps, unit=unit, desc=args.command, file=sys.stderr,
                              postfix="compiling"))
         elif n and bars[0].n == 0:
-            bars[0].set_postfix_str(f"first call {bars[0].format_dict['elapsed']:.0f} s incl. compile", refresh=False)
+            first = bars[0].format_dict["elapsed"]
+            bars[0].set_postfix_str(f"first call {first:.0f} s incl. compile", refresh=False)
         bars[0].update(n)
 
     try:

@@ -77,7 +77,8 @@ def _shift_bwd(d, value, shift, g):
     step of 32 targets at 248^2 takes 836 instead of 916 ms on the reference CPU."""
     h, w, c = g.shape
     padded = jnp.pad(g, ((d, d), (d, d), (0, 0)))
-    return lax.dynamic_slice(padded, (d + shift[0], d + shift[1], 0), (h, w, c)), np.zeros(shift.shape, jax.dtypes.float0)
+    no_grad = np.zeros(shift.shape, jax.dtypes.float0)  # the integer shift has no cotangent
+    return lax.dynamic_slice(padded, (d + shift[0], d + shift[1], 0), (h, w, c)), no_grad
 
 
 _shift.defvjp(_shift_fwd, _shift_bwd)
