@@ -5,8 +5,9 @@ Run:
     python experiments/bench_maximize.py --quick      # 1 and 4 targets, 3 steps (smoke test)
 
 One target-step is one gradient-ascent step on one image. JAX (`saliency_jax.maximize.visualize`)
-runs every target in one vmapped, jit-compiled `lax.scan`; it is timed on a second call (the
-first call's extra time is reported as compilation). Two settings:
+runs every target in one vmapped, jit-compiled `lax.scan`; both sides count the best of
+`--repeats` timed calls, after a first call (JAX: its extra time is reported as compilation) or a
+one-step warm-up (Lucent). Two settings:
 
 - "lucid" (Fourier + decorrelated-colour image, Lucid's standard transforms, Adam 0.05), the
   like-for-like comparison with Lucent's defaults;
@@ -33,7 +34,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_common import hugepages_for_this_script, json_subprocess, reference_torch_net  # noqa: E402
+from bench_common import best_rate, hugepages_for_this_script, json_subprocess, reference_torch_net  # noqa: E402
 CLASSES = [130, 285, 967, 9, 99, 250, 251, 278, 508, 543, 627, 897, 945, 951, 968, 1,
            2, 17, 22, 80, 144, 291, 309, 340, 386, 409, 417, 430, 457, 504, 717, 980]
 
@@ -53,13 +54,9 @@ def bench_jax(targets, steps, presets, repeats):
             start = time.perf_counter()
             visualize(model, key=key, **options)
             first = time.perf_counter() - start
-            times = []
-            for r in range(repeats):
-                start = time.perf_counter()
-                visualize(model, key=jax.random.key(1 + r), **options)
-                times.append(time.perf_counter() - start)
-            run = min(times)
-            out[f"{preset} target-steps/s ({t})"] = t * steps / run
+            rate = best_rate(lambda: visualize(model, key=jax.random.key(1), **options), t * steps, repeats)
+            run = t * steps / rate
+            out[f"{preset} target-steps/s ({t})"] = rate
             out[f"{preset} compile s ({t})"] = max(first - run, 0.0)
             print(f"  jax {preset} {t} targets: {t * steps / run:.2f} target-steps/s, "
                   f"compile {first - run:.1f} s", file=sys.stderr, flush=True)
@@ -118,12 +115,7 @@ def bench_lucent(targets, steps, repeats, device="cpu"):
     for pixels, name in ((False, "lucent"), (True, "lucent pixels")):
         for t in targets:
             run(t, 1, pixels)  # warm-up
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(t, steps, pixels)
-                times.append(time.perf_counter() - start)
-            out[f"{name} target-steps/s ({t})"] = t * steps / min(times)
+            out[f"{name} target-steps/s ({t})"] = best_rate(lambda: run(t, steps, pixels), t * steps, repeats)
     return out
 
 

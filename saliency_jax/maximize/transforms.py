@@ -194,7 +194,7 @@ def _bilinear_bwd(value, reach, inverse, g):
     (a, b), (c, d) = inverse
     forward = jnp.array([[d, -b], [-c, a]]) / (a * d - b * c)
     centre_y, centre_x = _positions((h, w), forward)
-    jy, jx = _positions((h, w), jnp.eye(2))
+    jy, jx = jnp.arange(h, dtype=jnp.float32)[:, None], jnp.arange(w, dtype=jnp.float32)[None, :]
     top, left = jnp.ceil(centre_y - reach).astype(jnp.int32), jnp.ceil(centre_x - reach).astype(jnp.int32)
     n = math.floor(2 * reach) + 1
     grad = jnp.zeros_like(g)
