@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.attribution.rules import field_probe
-from saliency_jax.attribution.units import architecture_key, layer_activation, layer_shapes
+from saliency_jax.models.inspect import architecture_key, layer_activation, layer_shapes
 from saliency_jax.checkpoints.cache import atomic_write, cache_dir
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_layer

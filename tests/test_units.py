@@ -137,7 +137,7 @@ def test_projection_in_batches_equals_one_call(hand, hand_x, positions):
 
 
 def test_layer_shapes_follow_the_forward_order(model):
-    from saliency_jax.attribution.units import layer_shapes
+    from saliency_jax.models.inspect import layer_shapes
 
     shapes = layer_shapes(model, (224, 224, 3))
     assert tuple(shapes) == model.layers and shapes["block5"] == (14, 14, 80) and shapes["pool"] == (1280,)

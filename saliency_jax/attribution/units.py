@@ -31,6 +31,7 @@ import numpy as np
 
 from saliency_jax.attribution.rules import RULES, backward_rule
 from saliency_jax.batching import map_batches
+from saliency_jax.models.inspect import layer_activation, layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_unit, indices
 
@@ -98,34 +99,6 @@ def unit(layer: str, channel, position=None, *, reduce: str = "sum") -> UnitTarg
     if position is not None:
         position = _positions(position, "unit: position")
     return UnitTarget(layer, channel, position, reduce)
-
-
-def layer_activation(model: Model, x, layer: str):
-    """The named feature of one image: x [H,W,C] -> [h,w,K] (or [K])."""
-    return model.apply(x[None])[1][layer][0]
-
-
-def architecture_key(model: Model) -> tuple:
-    """What a model's shapes depend on (module, variable structure, shapes and dtypes), hashable:
-    a key for host-side caches of shape computations."""
-    leaves, treedef = jax.tree.flatten(model.variables)
-    return model.module, treedef, tuple((tuple(v.shape), str(v.dtype)) for v in leaves)
-
-
-def layer_shapes(model: Model, image_shape) -> dict[str, tuple]:
-    """{layer: per-image activation shape} for images of `image_shape` [H,W,C], in `model.layers` order.
-
-    Abstract (`jax.eval_shape`, no compute) and cached per architecture and image shape.
-    """
-    key = (architecture_key(model), tuple(image_shape))
-    if key not in _SHAPES:
-        feats = jax.eval_shape(lambda x: model.apply(x[None])[1], jax.ShapeDtypeStruct(key[1], jnp.float32))
-        order = [name for name in model.layers if name in feats] + [n for n in feats if n not in model.layers]
-        _SHAPES[key] = {name: tuple(feats[name].shape[1:]) for name in order}
-    return dict(_SHAPES[key])
-
-
-_SHAPES: dict = {}
 
 
 def check_unit_target(target: UnitTarget, model, image_shape, batch: int) -> UnitTarget:
@@ -216,4 +189,4 @@ def _positions(position, what: str):
     return jnp.asarray(array, jnp.int32)
 
 
-__all__ = ["REDUCTIONS", "UnitTarget", "layer_activation", "layer_shapes", "project_activation", "unit"]
+__all__ = ["REDUCTIONS", "UnitTarget", "project_activation", "unit"]

@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 
 from saliency_jax.attribution.gradcam import check_layer
-from saliency_jax.attribution.units import layer_shapes
+from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_unit, indices
 

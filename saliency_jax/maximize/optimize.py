@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from saliency_jax.attribution.units import layer_shapes
+from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.batching import padded_batches, static_batch_size
 from saliency_jax.maximize import objectives as _objectives
 from saliency_jax.maximize import transforms as _transforms
