@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 import saliency_jax
-from saliency_jax.localize import draw_boxes, localize, resize_map, seeds
+from saliency_jax.localize import SEGMENTATIONS, draw_boxes, localize, resize_map, seeds
 from saliency_jax import render
 
 
@@ -34,6 +34,8 @@ def main():
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "figures" / "localization.png"))
     parser.add_argument("--quick", action="store_true", help="two images")
     parser.add_argument("--method", default="vanilla", help="attribution method (default vanilla, the paper)")
+    parser.add_argument("--segmentation", default="grabcut", choices=SEGMENTATIONS,
+                        help="grabcut (the paper) or threshold (the seeds alone, an ablation)")
     parser.add_argument("--smooth", type=float, default=0.0, help="blur the map before seeding (default 0, the paper)")
     parser.add_argument("--height", type=int, default=150, help="tile height in pixels")
     args = parser.parse_args()
@@ -50,7 +52,7 @@ def main():
 
     tiles, captions = [], []
     for name, photo, (c, label, prob), smap in zip(names, photos, preds, maps):
-        found = localize(photo, smap, smooth_sigma=args.smooth)
+        found = localize(photo, smap, segmentation=args.segmentation, smooth_sigma=args.smooth)
         full_map = resize_map(smap, photo.shape[:2], smooth_sigma=args.smooth)
         seed_tile = (photo * 0.35).astype(np.uint8)
         if full_map is not None:  # None: a constant map, no seeds

@@ -36,15 +36,18 @@ Example:
 from __future__ import annotations
 
 import numbers
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from saliency_jax.filters import gaussian_filter
+
 __all__ = [
     "ClassLocalization",
     "Localization",
-    "METHODS",
+    "SEGMENTATIONS",
     "draw_boxes",
     "largest_component",
     "localize",
@@ -53,11 +56,20 @@ __all__ = [
     "seeds",
 ]
 
-METHODS = ("grabcut", "threshold")
-"""``localize(method=...)``: ``grabcut`` (the paper; needs OpenCV) or ``threshold`` (the
-foreground seeds alone, no colour model; NumPy only: an ablation and a fallback)."""
+SEGMENTATIONS = ("grabcut", "threshold")
+"""``localize(segmentation=...)``: ``grabcut`` (the paper; needs OpenCV) or ``threshold`` (the
+foreground seeds alone, no colour model; NumPy only: an ablation and a fallback). ("method"
+means the attribution method everywhere else, as in ``localize_topk(method=...)``.)"""
 
 _EXTRA_HINT = "pip install 'saliency-jax[localize]'"
+
+
+def __getattr__(name: str):
+    if name == "METHODS":  # the old name of SEGMENTATIONS
+        warnings.warn("saliency_jax.localize.METHODS is deprecated: use SEGMENTATIONS", DeprecationWarning,
+                      stacklevel=2)
+        return SEGMENTATIONS
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Localization(NamedTuple):
@@ -111,20 +123,6 @@ def _check_image(image) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _smooth(values: np.ndarray, sigma: float) -> np.ndarray:
-    """Separable Gaussian blur of a map ``[h,w]`` (std ``sigma`` pixels, edges mirrored)."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    for axis in (0, 1):
-        pad = [(0, 0), (0, 0)]
-        pad[axis] = (radius, radius)
-        padded = np.pad(values, pad, mode="symmetric")
-        n = values.shape[axis]
-        values = sum(t * np.take(padded, np.arange(k, k + n), axis=axis) for k, t in enumerate(taps))
-    return values.astype(np.float32)
-
-
 def resize_map(saliency, size: tuple[int, int], *, smooth_sigma: float = 0.0) -> np.ndarray | None:
     """The map ``localize`` seeds from: a real map ``[h,w]`` checked, smoothed, resized to ``size``.
 
@@ -152,7 +150,7 @@ def resize_map(saliency, size: tuple[int, int], *, smooth_sigma: float = 0.0) ->
     if values.max() == values.min():
         return None
     if smooth_sigma > 0:
-        values = _smooth(values, smooth_sigma)
+        values = np.asarray(gaussian_filter(values, float(smooth_sigma), axes=(0, 1)), np.float32)
     if values.shape != size:
         values = np.asarray(Image.fromarray(values).resize(size[::-1], Image.Resampling.BILINEAR), np.float32)
     return values
@@ -250,10 +248,11 @@ def localize(
     *,
     fg_quantile: float = 0.95,
     bg_quantile: float = 0.30,
-    method: str = "grabcut",
+    segmentation: str = "grabcut",
     iterations: int = 5,
     max_side: int | None = 640,
     smooth_sigma: float = 0.0,
+    method: str | None = None,
 ) -> Localization:
     """The object box from a saliency map, by the paper's seeded graph cut (Sec. 3.2).
 
@@ -265,16 +264,18 @@ def localize(
       fg_quantile: saliency quantile above which pixels are foreground seeds.
       bg_quantile: quantile below which pixels are background seeds
         (``bg_quantile < fg_quantile``).
-      method: ``"grabcut"`` (OpenCV GrabCut with mask initialisation, the
-        paper's colour-GMM graph cut) or ``"threshold"`` (the foreground seeds
-        alone, without a colour model; NumPy only).
+      segmentation: ``"grabcut"`` (OpenCV GrabCut with mask initialisation,
+        the paper's colour-GMM graph cut) or ``"threshold"`` (the foreground
+        seeds alone, without a colour model; NumPy only). See `SEGMENTATIONS`.
       iterations: GrabCut iterations (re-estimating the colour models).
       max_side: photos larger than this (longest side, pixels) are segmented
         at this size and the mask scaled back (nearest), as GrabCut's cost
         grows with the pixel count; ``None`` segments at full size.
-      smooth_sigma: Gaussian blur of the map (std in the map's own pixels)
-        before the quantiles. 0 (the paper) uses the raw map; 1-2 turns the
-        speckle of a gradient map into coherent seed regions.
+      smooth_sigma: Gaussian blur of the map (std in the map's own pixels;
+        `saliency_jax.filters.gaussian_filter`, mirrored edges) before the
+        quantiles. 0 (the paper) uses the raw map; 1-2 turns the speckle of a
+        gradient map into coherent seed regions.
+      method: deprecated name of ``segmentation`` (a DeprecationWarning).
 
     Returns:
       ``Localization(mask bool [H,W], box (x0, y0, x1, y1) | None)``: the
@@ -285,11 +286,47 @@ def localize(
     Raises:
       ValueError: a photo that is not uint8 ``[H,W,3]``, a map that is not
         ``[h,w]`` or has NaN/Inf, quantiles outside (0, 1) or out of order, an
-        unknown ``method``, or a GrabCut failure (named).
-      ImportError: ``method="grabcut"`` without OpenCV (names the extra).
+        unknown ``segmentation``, or a GrabCut failure (named).
+      ImportError: ``segmentation="grabcut"`` without OpenCV (names the extra).
     """
-    if method not in METHODS:
-        raise ValueError(f"localize: unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    segmentation = _segmentation_alias(segmentation, method)
+    fg_q, bg_q = _check_options(segmentation, fg_quantile, bg_quantile, iterations, max_side, smooth_sigma)
+    image = _check_image(image)
+    cv2 = import_cv2() if segmentation == "grabcut" else None
+    full_size = image.shape[:2]
+    work = _working_image(image, max_side)
+    values = resize_map(saliency, work.shape[:2], smooth_sigma=float(smooth_sigma))
+    if values is None:
+        return Localization(np.zeros(full_size, bool), None)
+
+    fg, bg = seeds(values, fg_q, bg_q)
+    if segmentation == "threshold":
+        mask = largest_component(fg)
+    else:
+        mask = _largest_component_cv2(cv2, _grabcut(cv2, work, fg, bg, int(iterations)))
+    if mask.shape != full_size:
+        mask = np.asarray(Image.fromarray(mask).resize(full_size[::-1], Image.Resampling.NEAREST), bool)
+    return Localization(mask, _box(mask))
+
+
+def _segmentation_alias(segmentation: str, method: str | None) -> str:
+    """``segmentation``, or the deprecated ``method=`` that meant it (with a DeprecationWarning)."""
+    if method is None:
+        return segmentation
+    warnings.warn("localize(method=...) is deprecated: the segmentation is localize(segmentation=...)",
+                  DeprecationWarning, stacklevel=3)
+    if segmentation != "grabcut" and segmentation != method:
+        raise ValueError(f"localize: got segmentation={segmentation!r} and the deprecated method={method!r}; "
+                         "pass segmentation only")
+    return method
+
+
+def _check_options(segmentation, fg_quantile, bg_quantile, iterations, max_side, smooth_sigma):
+    """(fg_quantile, bg_quantile) as floats; ValueError naming the first bad option."""
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(
+            f"localize: unknown segmentation {segmentation!r}; choose one of {', '.join(SEGMENTATIONS)}"
+        )
     fg_q = _check_quantile("fg_quantile", fg_quantile)
     bg_q = _check_quantile("bg_quantile", bg_quantile)
     if bg_q >= fg_q:
@@ -301,26 +338,17 @@ def localize(
         raise ValueError(f"localize: max_side must be None or an integer >= 8, got {max_side!r}")
     if isinstance(smooth_sigma, bool) or not isinstance(smooth_sigma, numbers.Real) or not 0 <= smooth_sigma < 1e3:
         raise ValueError(f"localize: smooth_sigma must be a number >= 0, got {smooth_sigma!r}")
-    image = _check_image(image)
-    cv2 = import_cv2() if method == "grabcut" else None
-    full_size = image.shape[:2]
-    work = image
-    if max_side is not None and max(full_size) > max_side:
-        scale = max_side / max(full_size)
-        size = (max(1, round(full_size[0] * scale)), max(1, round(full_size[1] * scale)))
-        work = np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
-    values = resize_map(saliency, work.shape[:2], smooth_sigma=float(smooth_sigma))
-    if values is None:
-        return Localization(np.zeros(full_size, bool), None)
+    return fg_q, bg_q
 
-    fg, bg = seeds(values, fg_q, bg_q)
-    if method == "threshold":
-        mask = largest_component(fg)
-    else:
-        mask = _largest_component_cv2(cv2, _grabcut(cv2, work, fg, bg, int(iterations)))
-    if mask.shape != full_size:
-        mask = np.asarray(Image.fromarray(mask).resize(full_size[::-1], Image.Resampling.NEAREST), bool)
-    return Localization(mask, _box(mask))
+
+def _working_image(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The photo the cut runs on: ``image`` itself, or scaled (bilinear) so its longest side is ``max_side``."""
+    full_size = image.shape[:2]
+    if max_side is None or max(full_size) <= max_side:
+        return image
+    scale = max_side / max(full_size)
+    size = (max(1, round(full_size[0] * scale)), max(1, round(full_size[1] * scale)))
+    return np.asarray(Image.fromarray(image).resize(size[::-1], Image.Resampling.BILINEAR))
 
 
 def localize_topk(
@@ -350,7 +378,7 @@ def localize_topk(
       image: the photo, ``uint8 [H,W,3]``.
       k: number of classes, ``1 <= k <= model.num_classes``.
       method: attribution method (``saliency_jax.available_methods()``).
-      segmentation: ``localize``'s ``method`` ("grabcut" or "threshold").
+      segmentation: ``localize``'s ``segmentation`` (one of `SEGMENTATIONS`).
       fg_quantile, bg_quantile, iterations, max_side, smooth_sigma: as in ``localize``.
       key: ``jax.random`` key for the noise-based methods.
       **options: the attribution method's options (``num_samples``, ``layer``, ...).
@@ -367,8 +395,10 @@ def localize_topk(
         raise ValueError(f"localize_topk: k must be an integer in [1, {model.num_classes}], got {k!r}")
     if segmentation == "grabcut":
         import_cv2()  # fail before any compilation
-    elif segmentation not in METHODS:
-        raise ValueError(f"localize_topk: unknown segmentation {segmentation!r}; choose one of {', '.join(METHODS)}")
+    elif segmentation not in SEGMENTATIONS:
+        raise ValueError(
+            f"localize_topk: unknown segmentation {segmentation!r}; choose one of {', '.join(SEGMENTATIONS)}"
+        )
     (top,) = model.predict(image, top=int(k), batch_size=1)
     x = np.repeat(model.preprocess([image]), len(top), axis=0)
     targets = np.array([c for c, _, _ in top], np.int32)
@@ -376,7 +406,7 @@ def localize_topk(
     return [
         ClassLocalization(
             c, label, p,
-            localize(image, m, fg_quantile=fg_quantile, bg_quantile=bg_quantile, method=segmentation,
+            localize(image, m, fg_quantile=fg_quantile, bg_quantile=bg_quantile, segmentation=segmentation,
                      iterations=iterations, max_side=max_side, smooth_sigma=smooth_sigma),
         )
         for (c, label, p), m in zip(top, maps)

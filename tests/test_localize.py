@@ -13,7 +13,7 @@ from PIL import Image
 import saliency_jax
 from saliency_jax import cli
 from saliency_jax.localize import (
-    METHODS,
+    SEGMENTATIONS,
     _largest_component_cv2,
     draw_boxes,
     largest_component,
@@ -49,7 +49,7 @@ def test_graph_cut_recovers_the_object_box(noise):
     assert found.mask.shape == image.shape[:2] and found.mask.dtype == bool
     assert not found.empty
     # The seeds alone find only the blob: the colour model is what reaches the whole object.
-    seeds_only = localize(image, blob, method="threshold")
+    seeds_only = localize(image, blob, segmentation="threshold")
     assert float(box_iou(seeds_only.box, OBJECT_BOX)) < 0.5
 
 
@@ -70,10 +70,22 @@ def test_smoothing_keeps_the_answer_on_a_smooth_map():
 @pytest.mark.parametrize("value", [0.0, 0.37])
 def test_constant_maps_give_the_explicit_empty_result(value):
     image, _ = _scene()
-    for method in METHODS:
-        found = localize(image, np.full((20, 30), value), method=method)
+    for segmentation in SEGMENTATIONS:
+        found = localize(image, np.full((20, 30), value), segmentation=segmentation)
         assert found.box is None and found.empty
         assert found.mask.shape == image.shape[:2] and not found.mask.any()
+
+
+def test_method_is_a_deprecated_alias_of_segmentation():
+    image, blob = _scene()
+    with pytest.warns(DeprecationWarning, match=r"localize\(segmentation=\.\.\.\)"):
+        old = localize(image, blob, method="threshold")
+    assert old.box == localize(image, blob, segmentation="threshold").box
+    with pytest.raises(ValueError, match="pass segmentation only"), pytest.warns(DeprecationWarning):
+        localize(image, blob, segmentation="threshold", method="grabcut")
+    with pytest.warns(DeprecationWarning, match="use SEGMENTATIONS"):
+        from saliency_jax.localize import METHODS
+    assert METHODS == SEGMENTATIONS == ("grabcut", "threshold")
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -94,7 +106,7 @@ def test_sparse_maps_with_ties_still_seed_both_sides():
     fg, bg = seeds(m)
     assert fg.sum() == 1400 and bg.sum() == 200
     image, _ = _scene(size=(40, 40))
-    assert localize(image, m, method="threshold").box == (0, 5, 40, 40)
+    assert localize(image, m, segmentation="threshold").box == (0, 5, 40, 40)
 
 
 def test_largest_component_matches_opencv():
@@ -115,7 +127,7 @@ def test_largest_component_matches_opencv():
         (np.zeros((20, 20, 3), np.uint8), np.ones((2, 20, 20)), {}, "maps[0]"),
         (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"fg_quantile": 0.2}, "must be below fg_quantile"),
         (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"bg_quantile": 1.5}, "bg_quantile must be a number in (0,"),
-        (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"method": "watershed"}, "unknown method 'watershed'"),
+        (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"segmentation": "watershed"}, "unknown segmentation 'watershed'"),
         (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"iterations": 0}, "iterations must be a positive"),
         (np.zeros((20, 20, 3), np.uint8), np.ones((20, 20)), {"smooth_sigma": -1}, "smooth_sigma"),
     ],
@@ -131,7 +143,7 @@ def test_missing_opencv_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cv2", None)
     with pytest.raises(ImportError, match=r"pip install 'saliency-jax\[localize\]'"):
         localize(image, blob)
-    assert localize(image, blob, method="threshold").box is not None  # NumPy only
+    assert localize(image, blob, segmentation="threshold").box is not None  # NumPy only
     assert cli.main(["localize", "--out", "unused"]) == 1
 
 

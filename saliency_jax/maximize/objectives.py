@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax.filters import gaussian_filter
 from saliency_jax.targets import check_layer, check_unit, indices, show
 
 __all__ = [
@@ -263,33 +264,18 @@ class TotalVariation(Objective):
 
 @_pytree(meta=["sigma"])
 class Blur(Objective):
-    """0.5 ||image - stop_gradient(gaussian_blur(image))||^2 (Lucid's blur_input_each_step).
+    """0.5 ||image - stop_gradient(gaussian_filter(image, sigma))||^2 (Lucid's blur_input_each_step).
 
-    Its gradient is image - blur(image): ascending `-blur()` moves the image
+    The blur is `saliency_jax.filters.gaussian_filter` (mirrored edges). Its
+    gradient is image - blur(image): ascending `-blur()` moves the image
     towards its blurred copy, a smoothness prior.
     """
 
     sigma: float = 1.0
 
     def __call__(self, image, features, logits):
-        target = jax.lax.stop_gradient(gaussian_blur(image, self.sigma))
+        target = jax.lax.stop_gradient(gaussian_filter(image, self.sigma, axes=(0, 1)))
         return 0.5 * jnp.sum(jnp.square(image - target))
-
-
-def gaussian_blur(image, sigma: float):
-    """Separable Gaussian blur of [H,W,C] (reflect padding), as shifted multiply-adds."""
-    radius = max(1, int(round(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps = (taps / taps.sum()).astype(np.float32)
-    for axis in (0, 1):
-        pad = [(0, 0)] * image.ndim
-        pad[axis] = (radius, radius)
-        padded = jnp.pad(image, pad, mode="reflect")
-        size = image.shape[axis]
-        image = sum(
-            float(t) * jax.lax.slice_in_dim(padded, i, i + size, axis=axis) for i, t in enumerate(taps)
-        )
-    return image
 
 
 # ---- constructors -------------------------------------------------------------------------

@@ -33,6 +33,7 @@ import numpy as np
 from saliency_jax.attribution.api import AUTO_CHUNK_IMAGES, check_images, check_targets
 from saliency_jax.attribution.gradients import resolve_target
 from saliency_jax.attribution.sampling import sample_sum
+from saliency_jax.filters import gaussian_filter
 from saliency_jax.models.model import Model
 
 __all__ = [
@@ -53,26 +54,14 @@ SUBSTRATES = ("zeros", "blur")
 DEFAULT_SUBSTRATE = {"deletion": "zeros", "insertion": "blur"}  # as Petsiuk et al.
 
 
-def _blur_matrix(n: int, sigma: float) -> np.ndarray:
-    """``[n,n]`` normalised Gaussian filter along one axis, edges mirrored (``c b a | a b c``)."""
-    radius = max(1, int(np.ceil(3 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    padded = np.pad(np.eye(n), ((radius, radius), (0, 0)), mode="symmetric")  # row -> its source pixel
-    out = sum(t * padded[k : k + n] for k, t in enumerate(taps))
-    return out.astype(np.float32)
-
-
 def blur(x: jax.Array, sigma: float = 5.0) -> jax.Array:
-    """Gaussian blur of images ``[...,H,W,C]`` (each channel; std ``sigma`` pixels; reflected edges).
+    """Gaussian blur of images ``[...,H,W,C]`` (each channel; std ``sigma`` pixels; mirrored edges).
 
-    A linear filter with weights summing to 1, so blurring model-space input
+    `saliency_jax.filters.gaussian_filter` (radius ``int(3 sigma + 0.5)``). A
+    linear filter with weights summing to 1, so blurring model-space input
     equals preprocessing the blurred photo (the affine normalisation commutes).
     """
-    height, width = x.shape[-3], x.shape[-2]
-    rows = jnp.asarray(_blur_matrix(height, sigma))
-    cols = jnp.asarray(_blur_matrix(width, sigma))
-    return jnp.einsum("ih,...hwc,jw->...ijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+    return gaussian_filter(x, float(sigma), axes=(-3, -2))
 
 
 def auc(curves) -> jax.Array:

@@ -11,9 +11,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-__all__ = ["rank", "spearman", "ssim"]
+from saliency_jax.filters import gaussian_filter, gaussian_radius
+
+__all__ = ["SSIM_TRUNCATE", "rank", "spearman", "ssim"]
+
+SSIM_TRUNCATE = 3.5  # scikit-image's window half-width, in standard deviations
 
 
 def rank(values: jax.Array) -> jax.Array:
@@ -45,23 +48,14 @@ def spearman(a: jax.Array, b: jax.Array) -> jax.Array:
     return _pearson(ranks(flat_a), ranks(flat_b))
 
 
-def _gaussian_valid(n: int, sigma: float, radius: int) -> np.ndarray:
-    """``[n - 2r, n]`` matrix: a normalised Gaussian filter of radius r, 'valid' part only."""
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
-    out = np.zeros((n - 2 * radius, n), np.float32)
-    for i in range(n - 2 * radius):
-        out[i, i : i + 2 * radius + 1] = taps
-    return out
-
-
 @functools.partial(jax.jit, static_argnames=("data_range", "sigma", "k1", "k2"))
 def ssim(a, b, *, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03) -> jax.Array:
     """Mean structural similarity (Wang et al. 2004) of two maps: ``[...,H,W] -> [...]``.
 
-    Gaussian-weighted local statistics (window ``sigma``, truncated at
-    ``3.5 sigma``: 11x11 for the default 1.5) with population covariances, the
-    SSIM map averaged over the positions where the window fits inside the map;
+    Gaussian-weighted local statistics (`saliency_jax.filters.gaussian_filter`
+    of std ``sigma`` truncated at ``SSIM_TRUNCATE = 3.5`` std: 11x11 for the
+    default 1.5) with population covariances, the SSIM map averaged over the
+    positions where the window fits inside the map ("valid" edges);
     equal to ``skimage.metrics.structural_similarity(a, b, data_range=1,
     gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``. Identical
     maps give 1.
@@ -74,15 +68,12 @@ def ssim(a, b, *, data_range: float = 1.0, sigma: float = 1.5, k1: float = 0.01,
       k1, k2: the constants ``C1 = (k1 L)^2``, ``C2 = (k2 L)^2``.
     """
     a, b = jnp.broadcast_arrays(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32))
-    radius = int(3.5 * sigma + 0.5)
-    height, width = a.shape[-2:]
-    if min(height, width) < 2 * radius + 1:
-        raise ValueError(f"ssim: maps of shape {a.shape[-2:]} are smaller than the {2 * radius + 1}-pixel window")
-    rows = jnp.asarray(_gaussian_valid(height, sigma, radius))
-    cols = jnp.asarray(_gaussian_valid(width, sigma, radius))
+    window = 2 * gaussian_radius(sigma, SSIM_TRUNCATE) + 1
+    if min(a.shape[-2:]) < window:
+        raise ValueError(f"ssim: maps of shape {a.shape[-2:]} are smaller than the {window}-pixel window")
 
     def local_mean(m):
-        return jnp.einsum("ih,...hw,jw->...ij", rows, m, cols, precision=jax.lax.Precision.HIGHEST)
+        return gaussian_filter(m, sigma, axes=(-2, -1), truncate=SSIM_TRUNCATE, edges="valid")
 
     mu_a, mu_b = local_mean(a), local_mean(b)
     var_a = local_mean(a * a) - mu_a**2
