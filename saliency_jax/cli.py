@@ -364,7 +364,7 @@ def run_neuron(args) -> int:
 # ---- localize: weakly supervised object boxes (saliency_jax.localize) ------------------------------
 def _add_localize_command(sub) -> None:
     from saliency_jax.attribution.api import METHODS
-    from saliency_jax.localize import METHODS as SEGMENTATIONS
+    from saliency_jax.localize import SEGMENTATIONS
 
     z = sub.add_parser("localize", help="object boxes from saliency maps by graph cut (paper Sec. 3.2)")
     z.add_argument("images", nargs="*", metavar="IMG", help="image files (default: the bundled examples)")
