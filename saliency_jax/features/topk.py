@@ -24,7 +24,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from saliency_jax.attribution.gradcam import check_layer
 from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.targets import check_unit, indices
@@ -65,7 +64,6 @@ def layer_shape(model: Model, layer: str, channels) -> tuple[int, int, int]:
       ValueError: unknown layer, a channel outside [0, K), no channels, or a layer
         without spatial positions (e.g. "pool").
     """
-    check_layer(model, layer)  # lists the layers in forward order
     shapes = layer_shapes(model, (*model.input_size, 3))
     check_unit(layer, np.asarray(indices(channels, "channels")), None, shapes)
     if len(shapes[layer]) != 3:
