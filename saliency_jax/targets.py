@@ -8,6 +8,8 @@ layers such as "pool"); it is empty for a bare logit function.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,3 +71,19 @@ def check_unit(layer: str, channels, position, shapes: dict, *, center: bool = F
 def show(values: list) -> str:
     """One value bare, several as a list (for error messages)."""
     return str(values[0]) if len(values) == 1 else str(values)
+
+
+REDUCTIONS: dict[str, Callable] = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}
+"""How a whole channel (no position) becomes one number: its sum, max or mean over the layer's grid.
+
+One vocabulary for both readers of a channel: attribution's `unit(reduce=...)`
+(default "sum", the total activation) and maximisation's
+`objectives.channel(reduce=...)` (default "mean", Lucid's channel objective,
+whose scale does not grow with the grid)."""
+
+
+def check_reduce(reduce, what: str) -> str:
+    """`reduce` if it is a key of `REDUCTIONS`; ValueError naming the choices otherwise."""
+    if not isinstance(reduce, str) or reduce not in REDUCTIONS:
+        raise ValueError(f"{what}: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    return reduce

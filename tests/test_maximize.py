@@ -112,6 +112,20 @@ def test_objectives_compose_as_weighted_sums(tiny):
     assert combo.layers() == {"conv"}
 
 
+def test_channel_reduction_is_named_with_units_vocabulary(tiny):
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 8, 3)), jnp.float32)
+    logits, feats = optimize.forward_fn(tiny)(x)
+    act = feats["conv"][..., 3]
+    assert obj.channel("conv", 3).reduce == "mean"  # the objective's default; unit() defaults to "sum"
+    for reduce, expected in [("mean", act.mean()), ("sum", act.sum()), ("max", act.max())]:
+        np.testing.assert_allclose(obj.channel("conv", 3, reduce=reduce)(x, feats, logits), expected, rtol=1e-6)
+    batched = obj.channel("conv", [1, 3], reduce="sum")
+    values = jax.vmap(lambda o: o(x, feats, logits), in_axes=(obj.target_axes(batched),))(batched)
+    np.testing.assert_allclose(values, feats["conv"][..., [1, 3]].sum(axis=(0, 1)), rtol=1e-6)
+    with pytest.raises(ValueError, match="channel: reduce must be one of sum, max, mean, got 'median'"):
+        obj.channel("conv", 3, reduce="median")
+
+
 def test_blur_penalty_gradient_moves_towards_the_blurred_image():
     x = jnp.asarray(np.random.default_rng(2).normal(size=(9, 7, 3)), jnp.float32)
     g = jax.grad(lambda x: obj.blur(1.0)(x, {}, None))(x)

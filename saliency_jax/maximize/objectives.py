@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saliency_jax.filters import gaussian_filter
-from saliency_jax.targets import check_layer, check_unit, indices, show
+from saliency_jax.targets import REDUCTIONS, check_layer, check_reduce, check_unit, indices, show
 
 __all__ = [
     "Objective",
@@ -151,20 +151,23 @@ class ClassScore(Objective):
         return ClassScore(_target_axis(self.index, 0))
 
 
-@_pytree(data=["index", "position"], meta=["layer", "center"])
+@_pytree(data=["index", "position"], meta=["layer", "center", "reduce"])
 class Channel(Objective):
-    """One unit of a named layer: channel `index` averaged over positions, or at one position.
+    """One unit of a named layer: channel `index` reduced over positions, or at one position.
 
     `position` is (row, col) in the layer's own grid (int32 [2], or [T,2]);
     `center=True` takes the middle of the grid (Lucid's "neuron"); neither: the
-    channel mean (Lucid's "channel"). Non-spatial layers ([K], e.g. "pool")
-    take neither.
+    whole channel reduced by `reduce`, a key of `saliency_jax.targets.REDUCTIONS`
+    ("mean", the default, is Lucid's "channel"; "sum" is what attribution's
+    `unit()` explains by default). Non-spatial layers ([K], e.g. "pool") take
+    neither.
     """
 
     layer: str
     index: Any
     position: Any = None
     center: bool = False
+    reduce: str = "mean"
 
     def __call__(self, image, features, logits):
         act = features[self.layer]
@@ -174,7 +177,7 @@ class Channel(Objective):
             return act[act.shape[0] // 2, act.shape[1] // 2, self.index]
         if self.position is not None:
             return act[self.position[..., 0], self.position[..., 1], self.index]
-        return jnp.mean(act[..., self.index])
+        return REDUCTIONS[self.reduce](act[..., self.index])
 
     def layers(self):
         return frozenset({self.layer})
@@ -184,7 +187,7 @@ class Channel(Objective):
 
     def _axes(self):
         position = None if self.position is None else _target_axis(self.position, 1)
-        return Channel(self.layer, _target_axis(self.index, 0), position, self.center)
+        return Channel(self.layer, _target_axis(self.index, 0), position, self.center, self.reduce)
 
 
 @_pytree(data=["terms", "weights"])
@@ -288,22 +291,31 @@ def class_score(classes) -> ClassScore:
     return ClassScore(indices(classes, "class_score: classes"))
 
 
-def channel(layer: str, channels, *, position=None) -> Channel:
-    """Channel `channels` (int or ints [T]) of the named layer: its mean over positions,
-    or its value at `position` = (row, col) (or [T,2]), or "center"."""
+def channel(layer: str, channels, *, position=None, reduce: str = "mean") -> Channel:
+    """Channel `channels` (int or ints [T]) of the named layer, as one number per target.
+
+    Args:
+      layer: a name from `model.layers`.
+      channels: channel index or indices [T].
+      position: None (the whole channel, see `reduce`), (row, col) or [T,2] in the
+        layer's grid, or "center".
+      reduce: "mean" (default), "sum" or "max" over the positions, without a
+        position (`saliency_jax.targets.REDUCTIONS`; `unit()` defaults to "sum").
+    """
     if not isinstance(layer, str):
         raise ValueError(f"channel: layer must be a layer name (str), got {layer!r}")
+    reduce = check_reduce(reduce, "channel")
     index = indices(channels, "channel: channels")
     if isinstance(position, str):
         if position != "center":
             raise ValueError(f"position must be (row, col), [T,2] or 'center', got {position!r}")
-        return Channel(layer, index, None, True)
+        return Channel(layer, index, None, True, reduce)
     if position is not None:
         position = np.asarray(position)
         if not np.issubdtype(position.dtype, np.integer) or position.shape[-1:] != (2,) or position.ndim > 2:
             raise ValueError(f"position must be (row, col), [T,2] or 'center', got {position.tolist()!r}")
         position = jnp.asarray(position, jnp.int32)
-    return Channel(layer, index, position, False)
+    return Channel(layer, index, position, False, reduce)
 
 
 def objective(fn: Callable, params=None, *, layers: Sequence[str] = ()) -> Custom:

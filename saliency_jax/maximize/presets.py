@@ -123,20 +123,21 @@ def class_model(model, classes, *, preset: str = "paper", key=None, chunk_size=N
                 overrides)
 
 
-def neuron_model(model, layer: str, channels, *, position=None, preset: str = "sphere", key=None,
-                 chunk_size=None, steps_per_call=None, progress=None, **overrides) -> Visualization:
+def neuron_model(model, layer: str, channels, *, position=None, reduce: str = "mean", preset: str = "sphere",
+                 key=None, chunk_size=None, steps_per_call=None, progress=None, **overrides) -> Visualization:
     """Activation maximisation of units of a named layer, one image per channel.
 
     Args:
       model: a `Model`.
       layer: a name from `model.layers`.
       channels: channel index or indices [T].
-      position: None (channel mean), (row, col) in the layer's grid, or "center".
+      position: None (the whole channel, see `reduce`), (row, col) in the layer's grid, or "center".
+      reduce: "mean" (default), "sum" or "max" of the channel over positions (`objectives.channel`).
       preset: "sphere" (default: ||I|| = radius, Erhan et al.), "paper" or "lucid".
       key, chunk_size, steps_per_call, progress, **overrides: as in `class_model`.
     """
-    return _run(model, _objectives.channel(layer, channels, position=position), preset, key, chunk_size,
-                steps_per_call, progress, overrides)
+    score = _objectives.channel(layer, channels, position=position, reduce=reduce)
+    return _run(model, score, preset, key, chunk_size, steps_per_call, progress, overrides)
 
 
 def _run(model, score, preset, key, chunk_size, steps_per_call, progress, overrides) -> Visualization:
