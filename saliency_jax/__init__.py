@@ -8,18 +8,12 @@ The contract shared by every method is the logit function
 `logit_fn(x[H,W,C]) -> logits[K]` (unnormalised scores); `Model.logit_fn` is one.
 """
 
-from saliency_jax.attribution import (
-    UnitTarget,
-    attribute,
-    available_methods,
-    deconvnet,
-    guided_backprop,
-    project_activation,
-    unit,
-)
+from saliency_jax import methods
+from saliency_jax.attribution import UnitTarget, deconvnet, guided_backprop, project_activation, unit
 from saliency_jax.features import feature_figure, top_activations
 from saliency_jax.images import ImageError, bundled_images, load_image
 from saliency_jax.maps import saliency_map
+from saliency_jax.methods import Method, attribute, available_methods
 from saliency_jax.maximize import class_model, neuron_model, visualize
 from saliency_jax.models import available_models, imagenet_labels, load_model
 from saliency_jax.models.custom import from_function, from_linen, from_nnx
@@ -30,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ImageError",
+    "Method",
     "ReceptiveField",
     "UnitTarget",
     "attribute",
@@ -46,6 +41,7 @@ __all__ = [
     "imagenet_labels",
     "load_image",
     "load_model",
+    "methods",
     "from_function",
     "from_linen",
     "from_nnx",

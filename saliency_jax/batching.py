@@ -20,10 +20,14 @@ def static_batch_size(n: int, batch_size: int) -> int:
     return min(batch_size, 1 << max(n - 1, 0).bit_length())
 
 
-def padded_batches(arrays: tuple, batch_size: int) -> Iterator[tuple[int, int, tuple]]:
-    """Yields (start, stop, padded arrays) covering the leading axis of every array in `arrays`."""
+def padded_batches(arrays: tuple, batch_size: int, *, exact: bool = False) -> Iterator[tuple[int, int, tuple]]:
+    """Yields (start, stop, padded arrays) covering the leading axis of every array in `arrays`.
+
+    exact: every batch has exactly `batch_size` items (one compilation whatever
+    the number of items), instead of `static_batch_size`.
+    """
     n = len(arrays[0])
-    size = static_batch_size(n, batch_size)
+    size = batch_size if exact else static_batch_size(n, batch_size)
     for start in range(0, n, size):
         stop = min(start + size, n)
         chunk = []
@@ -36,10 +40,10 @@ def padded_batches(arrays: tuple, batch_size: int) -> Iterator[tuple[int, int, t
         yield start, stop, tuple(chunk)
 
 
-def map_batches(fn: Callable, arrays: tuple, batch_size: int, *, progress=None) -> np.ndarray:
+def map_batches(fn: Callable, arrays: tuple, batch_size: int, *, progress=None, exact: bool = False) -> np.ndarray:
     """np.concatenate of fn(*batch)[:valid] over padded batches; `progress(k)` after each batch."""
     outputs = []
-    for start, stop, chunk in padded_batches(arrays, batch_size):
+    for start, stop, chunk in padded_batches(arrays, batch_size, exact=exact):
         outputs.append(np.asarray(fn(*chunk))[: stop - start])
         if progress is not None:
             progress(stop - start)

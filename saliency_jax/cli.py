@@ -22,6 +22,13 @@ class CliError(Exception):
     """A failure to report as one line, then exit non-zero."""
 
 
+class UsageError(CliError):
+    """A flag that does not fit the command (exit 2, like argparse's usage errors, in one line)."""
+
+
+EXIT_USAGE = 2
+
+
 def _checked(convert, ok, description: str):
     """An argparse `type`: convert the text, check the value, or fail with 'expected <description>'."""
 
@@ -74,21 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.set_defaults(run=run_predict)
 
-    from saliency_jax.attribution.api import METHODS
+    from saliency_jax.methods import available_methods
 
     e = sub.add_parser("explain", help="saliency maps (heatmap + overlay PNGs) for each image")
     e.add_argument("images", nargs="*", metavar="IMG", help="image files (default: the bundled examples)")
     e.add_argument("--method", default="vanilla", type=_methods,
-                   help=f"comma-separated, from: {', '.join(METHODS)}, or 'all' (default vanilla)")
+                   help=f"comma-separated, from: {', '.join(available_methods())}, or 'all' (default vanilla)")
     e.add_argument("--target", default="top1", type=_target, help="'top1' or a class index (default top1)")
     e.add_argument("--out", default="saliency_out", help="output folder (default ./saliency_out)")
     _add_model_options(e)
     e.add_argument("--cmap", default="inferno", help="colormap for heatmaps and overlays (default inferno)")
     e.add_argument("--dim", type=_unit_interval, default=None,
                    help="darken the photo in overlays where the map is low, 0..1 (default 0.5, render.OVERLAY_DIM)")
-    e.add_argument("--samples", type=_positive_int, default=25, help="SmoothGrad noise samples (default 25)")
-    e.add_argument("--steps", type=_positive_int, default=50, help="Integrated Gradients steps (default 50)")
-    e.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")
+    _add_method_options(e)
     e.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     e.add_argument("--batch-size", type=_positive_int, default=16)
     e.add_argument("--save-npz", action="store_true", help="also write raw arrays per image (<name>.npz)")
@@ -102,13 +107,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _methods(text: str) -> tuple[str, ...]:
-    from saliency_jax.attribution.api import METHODS
+    from saliency_jax.methods import available_methods
 
-    names = tuple(METHODS) if text == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in names if m not in METHODS]
+    known = available_methods()
+    names = tuple(known) if text == "all" else tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in names if m not in known]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(METHODS)}")
+        raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or text!r}; choose from {', '.join(known)}")
     return names
+
+
+def _method(text: str) -> str:
+    names = _methods(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"expected one method, got {text!r}")
+    return names[0]
+
+
+# The one table from flags to method options: (flag, option, type, help). An option reaches every
+# chosen method that takes it; a flag that no chosen method takes is a usage error (exit 2).
+METHOD_FLAGS = (
+    ("--samples", "num_samples", _positive_int, "noise samples of the SmoothGrad family (default 25)"),
+    ("--noise-scale", "noise_scale", _non_negative_float, "SmoothGrad noise std / value range (default 0.15)"),
+    ("--steps", "num_steps", _positive_int, "Integrated Gradients path steps (default 50)"),
+    ("--quadrature", "quadrature", str, "Integrated Gradients quadrature: midpoint, left, right, trapezoid, "
+                                        "gausslegendre (default midpoint)"),
+    ("--layer", "layer", str, "layer of the CAM methods (default: the model's, e.g. head, conv5_3, layer4)"),
+)
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    for flag, option, kind, text in METHOD_FLAGS:
+        parser.add_argument(flag, dest=f"method_{option}", type=kind, default=None, help=text)
+
+
+def _method_values(names: Sequence[str], args) -> list:
+    """Method values for `names` from the METHOD_FLAGS given on the command line (UsageError if one fits none)."""
+    from saliency_jax.methods import get, option_names
+
+    given = {option: getattr(args, f"method_{option}") for _, option, _, _ in METHOD_FLAGS}
+    given = {k: v for k, v in given.items() if v is not None}
+    for flag, option, _, _ in METHOD_FLAGS:
+        if option in given and not any(option in option_names(n) for n in names):
+            raise UsageError(f"{flag} does not apply to {', '.join(names)}")
+    try:
+        return [get(n, **{k: v for k, v in given.items() if k in option_names(n)}) for n in names]
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def _target(text: str):
@@ -164,16 +209,17 @@ def run_explain(args) -> int:
 
     import jax
     import numpy as np
-    from tqdm import tqdm
 
     from saliency_jax import maps, render
-    from saliency_jax.attribution.api import METHODS, attribute
+    from saliency_jax.progress import open_bar
+    from saliency_jax.methods import attribute
 
     loaded, errors = _load_inputs(args.images)
     for path, message in errors:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     if not loaded:
         return EXIT_INPUT_ERROR
+    values = _method_values(args.method, args)
     model = _load_model(args)
     if args.cmap not in render.colormap_names():
         raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
@@ -184,17 +230,13 @@ def run_explain(args) -> int:
     x = model.preprocess([img for _, img in loaded])
     preds = [top[0] for top in model.predict([img for _, img in loaded], top=1, batch_size=args.batch_size)]
     targets = np.array([p[0] for p in preds] if args.target == "top1" else [args.target] * len(x), np.int32)
-    options = {"smoothgrad": {"num_samples": args.samples}, "ig": {"num_steps": args.steps},
-               "gradcam": {"layer": args.layer}}
     results = {}
-    with tqdm(total=len(x) * len(args.method), unit="img", desc="explain", file=sys.stderr) as bar:
-        for method in args.method:
-            spec = METHODS[method]
-            opts = {k: v for group in options.values() for k, v in group.items() if k in spec.options}
-            bar.set_postfix_str(method)
+    with open_bar(len(x) * len(values), desc="explain") as bar:
+        for name, method in zip(args.method, values):
+            bar.set_postfix_str(name)
             grads = attribute(model, x, targets, method=method, key=jax.random.key(args.seed),
-                              batch_size=args.batch_size, **opts)
-            results[method] = (grads, np.asarray(maps.saliency_map(grads)))
+                              batch_size=min(args.batch_size, len(x)))
+            results[name] = (grads, np.asarray(maps.saliency_map(grads)))
             bar.update(len(x))
     for i, (path, image) in enumerate(loaded):
         stem = pathlib.Path(path).stem
@@ -363,15 +405,16 @@ def run_neuron(args) -> int:
 
 # ---- localize: weakly supervised object boxes (saliency_jax.localize) ------------------------------
 def _add_localize_command(sub) -> None:
-    from saliency_jax.attribution.api import METHODS
     from saliency_jax.localize import SEGMENTATIONS
+    from saliency_jax.methods import available_methods
 
     z = sub.add_parser("localize", help="object boxes from saliency maps by graph cut (paper Sec. 3.2)")
     z.add_argument("images", nargs="*", metavar="IMG", help="image files (default: the bundled examples)")
     z.add_argument("--out", default="localize_out", help="output folder (default ./localize_out)")
     z.add_argument("--top-k", type=_positive_int, default=1, help="one box per class for the top-K classes (default 1)")
-    z.add_argument("--method", default="vanilla", choices=tuple(METHODS), metavar="METHOD",
-                   help=f"attribution method for the maps, one of: {', '.join(METHODS)} (default vanilla, the paper)")
+    z.add_argument("--method", default="vanilla", type=_method,
+                   help=f"attribution method for the maps, one of: {', '.join(available_methods())} "
+                        "(default vanilla, the paper)")
     z.add_argument("--segmentation", default="grabcut", choices=SEGMENTATIONS,
                    help="grabcut: colour-model graph cut (paper; needs OpenCV); threshold: the seeds alone")
     z.add_argument("--fg-quantile", type=_fraction, default=0.95, help="foreground seeds above it (default 0.95)")
@@ -454,8 +497,8 @@ def run_demo(args) -> int:
 
 # ---- batch: a whole folder / glob / TFDS split, resumable, data parallel (saliency_jax.jobs) ----
 def _add_batch_command(sub) -> None:
-    from saliency_jax.attribution.api import METHODS
     from saliency_jax.data import DEFAULT_MAX_PIXELS
+    from saliency_jax.methods import available_methods
 
     b = sub.add_parser(
         "batch", help="saliency maps for a whole folder, glob or TFDS split, in resumable NPZ shards",
@@ -465,8 +508,8 @@ def _add_batch_command(sub) -> None:
     b.add_argument("source", metavar="SOURCE",
                    help="a folder, a glob ('imgs/**/*.jpg'), tfds:NAME:SPLIT or imagefolder:ROOT:SPLIT")
     b.add_argument("--out", required=True, help="output folder (created; reused to resume)")
-    b.add_argument("--method", default="vanilla", choices=list(METHODS), metavar="METHOD",
-                   help=f"one of: {', '.join(METHODS)} (default vanilla)")
+    b.add_argument("--method", default="vanilla", type=_method,
+                   help=f"one of: {', '.join(available_methods())} (default vanilla)")
     b.add_argument("--targets", default="top1", type=_batch_targets,
                    help="'top1', 'label' (the source's labels) or a class index (default top1)")
     _add_model_options(b)
@@ -474,9 +517,7 @@ def _add_batch_command(sub) -> None:
                    help="images per step, rounded up to a multiple of the device count (default 32)")
     b.add_argument("--shard-size", type=_positive_int, default=1024,
                    help="source images per output shard, the resume granularity (default 1024)")
-    b.add_argument("--samples", type=_positive_int, default=None, help="SmoothGrad noise samples (default 25)")
-    b.add_argument("--steps", type=_positive_int, default=None, help="Integrated Gradients steps (default 50)")
-    b.add_argument("--layer", default=None, help="Grad-CAM layer (default: the model's, e.g. head, conv5_3, layer4)")
+    _add_method_options(b)
     b.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     b.add_argument("--float16", action="store_true", help="store maps as float16")
     b.add_argument("--save-png", action="store_true", help="also write an overlay PNG per image (OUT/png/)")
@@ -515,17 +556,12 @@ def run_batch(args) -> int:
         raise CliError("--coordinator/--num-processes/--process-id need --distributed")
 
     from saliency_jax import render
-    from saliency_jax.attribution.api import METHODS
     from saliency_jax.data import open_source
     from saliency_jax.jobs import JobError, ensure_writable, run_batch_job
 
     if args.save_png and args.cmap not in render.colormap_names():
         raise CliError(f"unknown colormap {args.cmap!r}; choose one of {', '.join(render.colormap_names())}")
-    given = {"num_samples": args.samples, "num_steps": args.steps, "layer": args.layer}
-    options = {k: v for k, v in given.items() if v is not None and k in METHODS[args.method].options}
-    ignored = [k for k, v in given.items() if v is not None and k not in options]
-    if ignored:
-        raise CliError(f"method {args.method!r} takes none of: {', '.join(ignored)}")
+    (method,) = _method_values([args.method], args)
     source = open_source(args.source, data_dir=args.data_dir, manual_dir=args.manual_dir, labels=args.labels)
     try:
         ensure_writable(args.out)  # fail in one line before the model loads
@@ -536,8 +572,8 @@ def run_batch(args) -> int:
           file=sys.stderr)
     try:
         summary = run_batch_job(
-            source, model, args.out, method=args.method, targets=args.targets, batch_size=args.batch_size,
-            shard_size=args.shard_size, options=options, seed=args.seed, float16=args.float16,
+            source, model, args.out, method=method, targets=args.targets, batch_size=args.batch_size,
+            shard_size=args.shard_size, seed=args.seed, float16=args.float16,
             save_png=args.save_png, cmap=args.cmap, workers=args.workers, max_pixels=args.max_pixels,
             progress=not args.no_progress,
         )
@@ -626,12 +662,28 @@ def entry() -> None:
     sys.exit(main())
 
 
+def one_line(err: BaseException, limit: int = 500) -> str:
+    """An exception's message as one line of at most `limit` characters."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as err:
+        print(f"saliency-jax {args.command}: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
     except (CliError, ValueError, FileNotFoundError, OSError) as err:
-        print(f"saliency-jax: error: {err}", file=sys.stderr)
+        print(f"saliency-jax: error: {one_line(err)}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except MemoryError:
+        print("saliency-jax: error: out of memory (an input needs more memory than this machine has)",
+              file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except RecursionError:
+        print("saliency-jax: error: an input is nested too deeply to read", file=sys.stderr)
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         print("saliency-jax: interrupted", file=sys.stderr)

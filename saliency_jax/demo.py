@@ -43,7 +43,7 @@ def run_demo(
       log: progress messages.
     """
     from saliency_jax import images, load_model, maps, render
-    from saliency_jax.attribution.api import METHODS, attribute
+    from saliency_jax.methods import attribute, available_methods, get, option_names
     from saliency_jax.maximize import class_model
 
     out = pathlib.Path(out)
@@ -52,7 +52,7 @@ def run_demo(
     bundled = images.bundled_images()
     names = ["chelsea", "coffee"] if quick else list(bundled)
     photos = [images.load_image(bundled[n]) for n in names]
-    methods = QUICK_METHODS if quick else tuple(METHODS)
+    methods = QUICK_METHODS if quick else tuple(available_methods())
     classes = tuple(classes[:2]) if quick else tuple(classes)
 
     log(f"[1/5] predicting {len(photos)} bundled photos with {model_name}")
@@ -64,8 +64,8 @@ def run_demo(
     sal = {}
     for method in methods:
         opts = {"num_samples": 4, "num_steps": 8} if quick else {}
-        opts = {k: v for k, v in opts.items() if k in METHODS[method].options}
-        grads = attribute(model, x, targets, method=method, key=jax.random.key(0), **opts)
+        value = get(method, **{k: v for k, v in opts.items() if k in option_names(method)})
+        grads = attribute(model, x, targets, method=value, key=jax.random.key(0))
         sal[method] = np.asarray(maps.saliency_map(grads))
         for name, photo, s in zip(names, photos, sal[method]):
             render.save_png(out / f"{name}_{method}.png", render.colorize(s, size=photo.shape[:2]))

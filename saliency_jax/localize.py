@@ -387,7 +387,7 @@ def localize_topk(
       ``k`` ``ClassLocalization(target, label, probability, localization)``,
       most probable class first; boxes in the photo's pixels.
     """
-    from saliency_jax.attribution.api import attribute
+    from saliency_jax.methods import attribute
     from saliency_jax.maps import saliency_map
 
     image = _check_image(image)

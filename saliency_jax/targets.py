@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+TOP1 = -1  # target value meaning "the image's own top-1 class"
+
 
 def indices(values, what: str):
     """An int or ints [T] as int32 (tracers checked by dtype and rank only); ValueError otherwise."""
@@ -27,6 +29,33 @@ def indices(values, what: str):
     if array.ndim == 1 and len(array) == 0:
         raise ValueError(f"{what}: expected at least one index")
     return jnp.asarray(array, jnp.int32)
+
+
+def positions(position, what: str):
+    """(row, col) or [B,2] ints as int32; ValueError otherwise."""
+    array = np.asarray(position)
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.shape[-1:] != (2,) \
+            or array.ndim > 2:
+        raise ValueError(f"{what} must be (row, col) or [B,2] ints, got {array.tolist()!r}"[:200])
+    return jnp.asarray(array, jnp.int32)
+
+
+def check_targets(targets, batch: int, num_classes: int):
+    """'top1' / int / ints [B] -> int32 [B] (TOP1 = -1 for 'top1'), or a one-line ValueError."""
+    if isinstance(targets, str):
+        if targets != "top1":
+            raise ValueError(f"targets must be 'top1', an int or ints [B]; got {targets[:40]!r}")
+        return jnp.full((batch,), TOP1, jnp.int32)
+    t = np.asarray(targets)
+    if not np.issubdtype(t.dtype, np.integer):
+        raise ValueError(f"targets must be integer class indices; got dtype {t.dtype}")
+    if t.ndim == 0:
+        t = np.full((batch,), int(t))
+    if t.shape != (batch,):
+        raise ValueError(f"targets must have shape [{batch}] (one per image); got {t.shape}")
+    if t.min() < 0 or t.max() >= num_classes:
+        raise ValueError(f"targets must lie in [0, {num_classes}); got {t.min()}..{t.max()}")
+    return jnp.asarray(t, jnp.int32)
 
 
 def check_layer(layer: str, shapes: dict) -> tuple:

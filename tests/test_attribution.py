@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 import saliency_jax
-from saliency_jax.attribution import api
+from saliency_jax import methods
+from saliency_jax.attribution.sampling import default_chunk
 from saliency_jax.attribution.gradients import vanilla_gradient
-from saliency_jax.attribution.integrated_gradients import integrated_gradients, path_points
+from saliency_jax.methods.integrated_gradients import integrated_gradients, path_points
 from saliency_jax.attribution.sampling import sample_sum
-from saliency_jax.attribution.smoothgrad import smoothgrad
+from saliency_jax.methods.smoothgrad import smoothgrad
 from saliency_jax.models.model import Model
 from tiny_models import tiny_model
 
@@ -40,7 +41,7 @@ def test_linear_model_saliency_is_abs_weight():
     """Sec. 3: for S_c(I) = w_c^T I + b_c the saliency is w_c, and the map is max_channel |w_c|."""
     w, f = _linear()
     x = jnp.asarray(np.random.default_rng(2).normal(size=(2, H, W, C)), jnp.float32)
-    grads = api.attribute(f, x, jnp.array([1, 3]))
+    grads = methods.attribute(f, x, jnp.array([1, 3]))
     np.testing.assert_array_equal(grads[0], w[1])
     np.testing.assert_array_equal(grads[1], w[3])
     np.testing.assert_array_equal(jnp.max(jnp.abs(grads), -1)[1], jnp.max(jnp.abs(w[3]), -1))
@@ -49,7 +50,7 @@ def test_linear_model_saliency_is_abs_weight():
 def test_top1_uses_each_images_own_argmax(tiny, tiny_x):
     logits = tiny(tiny_x)
     top = np.asarray(jnp.argmax(logits, -1))
-    np.testing.assert_allclose(api.attribute(tiny, tiny_x, "top1"), api.attribute(tiny, tiny_x, top), atol=1e-6)
+    np.testing.assert_allclose(methods.attribute(tiny, tiny_x, "top1"), methods.attribute(tiny, tiny_x, top), atol=1e-6)
 
 
 def test_vanilla_matches_finite_differences_on_a_convnet(tiny):
@@ -96,16 +97,16 @@ def test_ig_completeness_on_analytic_function():
 @pytest.mark.parametrize("rule", ["midpoint", "trapezoid"])
 def test_ig_completeness_on_convnet_within_one_percent(tiny, tiny_x, rule):
     baseline = jnp.zeros_like(tiny_x[0])
-    ig = api.attribute(tiny, tiny_x[:1], jnp.array([1]), method="ig", num_steps=512, rule=rule)
+    ig = methods.attribute(tiny, tiny_x[:1], jnp.array([1]), method="ig", num_steps=512, quadrature=rule)
     delta = tiny.logit_fn(tiny_x[0])[1] - tiny.logit_fn(baseline)[1]
     assert abs(float(ig.sum()) - float(delta)) <= 0.01 * abs(float(delta))
 
 
 def test_ig_with_baseline_equals_shifted_function(tiny, tiny_x):
     base = jnp.full(tiny_x.shape[1:], 0.3)
-    a = api.attribute(tiny, tiny_x, 2, method="ig", baseline=base, num_steps=16)
+    a = methods.attribute(tiny, tiny_x, 2, method="ig", baseline=base, num_steps=16)
     shifted = lambda v: tiny.logit_fn(v + base)
-    b = api.attribute(shifted, tiny_x - base, 2, method="ig", num_steps=16)
+    b = methods.attribute(shifted, tiny_x - base, 2, method="ig", num_steps=16)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -122,13 +123,13 @@ def test_path_points_rules():
 
 # ---- SmoothGrad ------------------------------------------------------------------------
 def test_smoothgrad_with_zero_noise_is_vanilla(tiny, tiny_x):
-    sg = api.attribute(tiny, tiny_x, "top1", method="smoothgrad", key=jax.random.key(0), noise_scale=0.0,
+    sg = methods.attribute(tiny, tiny_x, "top1", method="smoothgrad", key=jax.random.key(0), noise_scale=0.0,
                        num_samples=4)
-    np.testing.assert_allclose(sg, api.attribute(tiny, tiny_x, "top1"), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(sg, methods.attribute(tiny, tiny_x, "top1"), rtol=1e-5, atol=1e-7)
 
 
 def test_smoothgrad_keys_are_deterministic(tiny, tiny_x):
-    run = lambda key: api.attribute(tiny, tiny_x, 1, method="smoothgrad", key=key, num_samples=5)
+    run = lambda key: methods.attribute(tiny, tiny_x, 1, method="smoothgrad", key=key, num_samples=5)
     np.testing.assert_array_equal(run(jax.random.key(7)), run(jax.random.key(7)))
     assert not np.allclose(run(jax.random.key(7)), run(jax.random.key(8)))
 
@@ -137,9 +138,9 @@ def test_smoothgrad_keys_are_deterministic(tiny, tiny_x):
 def test_chunking_does_not_change_the_result(tiny, tiny_x, method):
     kw = {"num_samples": 7} if method != "ig" else {"num_steps": 7}
     key = jax.random.key(3) if method != "ig" else None
-    full = api.attribute(tiny, tiny_x, 0, method=method, key=key, **kw)
+    full = methods.attribute(tiny, tiny_x, 0, method=method, key=key, **kw)
     for chunk in (1, 3, 7):
-        chunked = api.attribute(tiny, tiny_x, 0, method=method, key=key, chunk_size=chunk, **kw)
+        chunked = methods.attribute(tiny, tiny_x, 0, method=method, key=key, chunk_size=chunk, **kw)
         np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-6)
 
 
@@ -176,7 +177,7 @@ def test_gradcam_known_value():
     variables = module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
     model = Model("lin", module, {"params": variables["params"]}, (4, 4), (0.0,), (1.0,), ("a", "b"), ("feat",))
     x = jnp.asarray(np.random.default_rng(5).normal(size=(1, 4, 4, 3)), jnp.float32)
-    cam = api.attribute(model, x, 0, method="gradcam", layer="feat")
+    cam = methods.attribute(model, x, 0, method="gradcam", layer="feat")
     v = np.array([1.0, 2.0, -1.0]) / 16
     expected = np.maximum(np.einsum("hwj,j->hw", np.asarray(x[0]), v), 0)
     np.testing.assert_allclose(cam[0, ..., 0], expected, rtol=1e-5, atol=1e-7)
@@ -185,35 +186,35 @@ def test_gradcam_known_value():
 
 def test_gradcam_on_pretrained_model_points_at_the_cat(model, skimage_images):
     x = model.preprocess(skimage_images["chelsea"])
-    cam = np.asarray(api.attribute(model, x, 285, method="gradcam", layer="head"))[0, ..., 0]
+    cam = np.asarray(methods.attribute(model, x, 285, method="gradcam", layer="head"))[0, ..., 0]
     assert cam.shape == (224, 224) and cam.min() >= 0 and cam.max() > 0
     # The cat fills the centre-left of the frame; its face is there, not in the top-right corner.
     assert cam[60:170, 40:170].mean() > 2 * cam[:50, 180:].mean()
 
 
 # ---- every method: shape, finiteness, batch == single, no recompilation -------------------
-ALL = sorted(api.METHODS)
+ALL = sorted(methods.available_methods())
 
 
 @pytest.mark.parametrize("method", ALL)
 def test_every_method_batches_like_single_images_and_compiles_once(tiny, tiny_x, method):
-    spec = api.METHODS[method]
-    kw = {"key": jax.random.key(1)} if spec.needs_key else {}
-    if "num_samples" in spec.options:
+    options = methods.option_names(method)
+    kw = {"key": jax.random.key(1)} if methods.get(method).needs_key else {}
+    if "num_samples" in options:
         kw["num_samples"] = 3
-    if "num_steps" in spec.options:
+    if "num_steps" in options:
         kw["num_steps"] = 3
-    if "layer" in spec.options:
+    if "layer" in options:
         kw["layer"] = "conv"
     targets = jnp.array([0, 3, 1])
-    out = api.attribute(tiny, tiny_x, targets, method=method, **kw)
+    out = methods.attribute(tiny, tiny_x, targets, method=method, **kw)
     assert out.shape == tiny_x.shape and bool(jnp.all(jnp.isfinite(out)))
     for i in range(len(tiny_x)):
-        single = api.attribute(tiny, tiny_x[i : i + 1], targets[i : i + 1], method=method, **kw)
+        single = methods.attribute(tiny, tiny_x[i : i + 1], targets[i : i + 1], method=method, **kw)
         np.testing.assert_allclose(single[0], out[i], rtol=1e-5, atol=1e-6)
-    before = api._attribute_batch._cache_size()
-    api.attribute(tiny, tiny_x + 0.5, targets[::-1], method=method, **kw)
-    assert api._attribute_batch._cache_size() == before
+    before = methods.attribute_batch._cache_size()
+    methods.attribute(tiny, tiny_x + 0.5, targets[::-1], method=method, **kw)
+    assert methods.attribute_batch._cache_size() == before
 
 
 # ---- bad input -------------------------------------------------------------------------------
@@ -231,25 +232,25 @@ def test_every_method_batches_like_single_images_and_compiles_once(tiny, tiny_x,
         (dict(method="lrp"), "unknown method 'lrp'; choose one of vanilla"),
         (dict(method="smoothgrad"), "is random: pass key=jax.random.key"),
         (dict(method="ig", num_samples=3), r"unknown option\(s\) num_samples; valid options: num_steps"),
-        (dict(method="gradcam", layer="fc9"), "unknown layer 'fc9' for tiny; choose one of conv, pool"),
+        (dict(method="gradcam", layer="fc9"), "unknown layer 'fc9'; choose one of conv, pool"),
         (dict(method="gradcam", layer="pool"), r"Grad-CAM needs a spatial layer"),
-        (dict(method="vanilla", baseline=0.0), "baseline is only used by method 'ig'"),
+        (dict(method="vanilla", baseline=0.0), r"baseline is only used by methods with a baseline \(ig\), not vanilla"),
     ],
 )
 def test_bad_input_gives_a_clear_error(tiny, kwargs, message):
     kwargs = {"x": np.zeros((2, 8, 8, 3), np.float32), "targets": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
-        api.attribute(tiny, kwargs.pop("x"), kwargs.pop("targets"), **kwargs)
+        methods.attribute(tiny, kwargs.pop("x"), kwargs.pop("targets"), **kwargs)
 
 
 def test_gradcam_needs_a_model():
     _, f = _linear()
     with pytest.raises(ValueError, match="needs a Model with named layers"):
-        api.attribute(f, np.zeros((1, H, W, C), np.float32), 0, method="gradcam")
+        methods.attribute(f, np.zeros((1, H, W, C), np.float32), 0, method="gradcam")
 
 
 @pytest.mark.parametrize("n,limit,expected", [(50, 32, 25), (25, 4, 4), (25, 32, 25), (7, 3, 3), (6, 4, 3), (1, 8, 1)])
 def test_balanced_chunk_minimises_padding(n, limit, expected):
-    chunk = api.balanced_chunk(n, limit)
+    chunk = default_chunk(n, 1, in_flight=limit)
     assert chunk == expected and chunk <= max(limit, 1)
     assert -(-n // chunk) == -(-n // limit)

@@ -15,7 +15,7 @@ import pytest
 from flax import nnx
 
 import saliency_jax
-from saliency_jax.attribution import api
+from saliency_jax import methods
 from saliency_jax.models.custom import from_function, from_linen, from_nnx
 
 H, W, K = 16, 16, 5
@@ -200,13 +200,13 @@ def test_linen_carries_every_collection_and_call_kwargs():
 
 # ---- every method on every kind ----------------------------------------------------------------
 def _options(method):
-    spec = api.METHODS[method]
-    kw = {"key": jax.random.key(3, impl="rbg")} if spec.needs_key else {}  # rbg: cheaper to compile on CPU
-    if "num_samples" in spec.options:
+    options = methods.option_names(method)
+    kw = {"key": jax.random.key(3, impl="rbg")} if methods.get(method).needs_key else {}  # rbg: cheaper on CPU
+    if "num_samples" in options:
         kw["num_samples"] = 3
-    if "num_steps" in spec.options:
+    if "num_steps" in options:
         kw["num_steps"] = 4
-    if "layer" in spec.options:
+    if "layer" in options:
         kw["layer"] = "conv2"
     return kw
 
@@ -263,11 +263,11 @@ def test_repeat_call_does_not_recompile(models, params, nnx_net, x):
     }
     for kind, model in models.items():
         saliency_jax.attribute(model, x, TARGETS, method="gradcam", layer="conv2")
-        before = api._attribute_batch._cache_size()
+        before = methods.attribute_batch._cache_size()
         saliency_jax.attribute(model, x + 1.0, TARGETS[::-1], method="gradcam", layer="conv2")
         # Building the same model again gives an equal static structure: no recompile either.
         saliency_jax.attribute(rebuild[kind](), x, TARGETS, method="gradcam", layer="conv2")
-        assert api._attribute_batch._cache_size() == before, kind
+        assert methods.attribute_batch._cache_size() == before, kind
 
 
 def test_nested_layer_names_linen_paths_and_nnx_attribute_paths():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from saliency_jax.attribution.api import attribute
+from saliency_jax.methods import attribute
 from saliency_jax.maps import saliency_map
 from saliency_jax.metrics import (
     auc,

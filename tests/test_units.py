@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import saliency_jax
-from saliency_jax.attribution import api
+from saliency_jax import methods
 from saliency_jax.attribution.rules import backward_rule
 from saliency_jax.attribution.units import project_activation, unit
 from saliency_jax.models import efficientnet_lite, layers
@@ -207,9 +207,9 @@ def test_unit_targets_per_image_batch_like_single_images_and_do_not_recompile(ti
                                         method="guided")
         np.testing.assert_allclose(batch[i], single[0], rtol=1e-6, atol=1e-7)
     assert not np.allclose(batch[0], batch[1])
-    before = api._attribute_batch._cache_size()
+    before = methods.attribute_batch._cache_size()
     again = saliency_jax.attribute(tiny, tiny_x, unit("conv", [6, 1, 2], positions), method="guided")
-    assert api._attribute_batch._cache_size() == before
+    assert methods.attribute_batch._cache_size() == before
     assert not np.allclose(again, batch)
     chunked = saliency_jax.attribute(tiny, tiny_x, unit("conv", channels, positions), method="guided", batch_size=2)
     np.testing.assert_allclose(chunked, batch, rtol=1e-6, atol=1e-7)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import saliency_jax
-from saliency_jax.attribution.gradcam import gradcam
+from saliency_jax.methods.gradcam import gradcam
 from saliency_jax.checkpoints import CheckpointError
 from saliency_jax.models import resnet, vgg
 

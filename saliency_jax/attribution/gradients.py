@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-TOP1 = -1  # target value meaning "the image's own top-1 class"
+from saliency_jax.targets import TOP1
 
 
 def class_gradient(logit_fn, x, target):

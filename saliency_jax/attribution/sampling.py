@@ -31,9 +31,9 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
     chunk = num_samples if chunk_size is None else min(chunk_size, num_samples)
     num_chunks = -(-num_samples // chunk)
-    ids = jnp.arange(num_chunks * chunk, dtype=jnp.int32).reshape(num_chunks, chunk)
 
-    def body(total, chunk_ids):
+    def body(total, k):
+        chunk_ids = k * chunk + jnp.arange(chunk, dtype=jnp.int32)  # built per chunk: no [num_samples] array
         values = jax.vmap(fn)(chunk_ids)
         keep = chunk_ids < num_samples
 
@@ -45,5 +45,17 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
     shapes = jax.eval_shape(fn, jnp.int32(0))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     if num_chunks == 1:
-        return body(zeros, ids[0])[0]
-    return lax.scan(body, zeros, ids)[0]
+        return body(zeros, jnp.int32(0))[0]
+    return lax.scan(body, zeros, jnp.arange(num_chunks, dtype=jnp.int32))[0]
+
+
+def default_chunk(num_samples: int, images_per_call: int, *, in_flight: int = 32) -> int:
+    """The chunk_size that keeps about `in_flight` images (batch x samples) in flight, with the least padding.
+
+    The one rule for every method with an inner sample axis and for the
+    perturbation metrics: ceil(in_flight / images_per_call) samples at most per
+    chunk, balanced so the chunks are as equal as possible.
+    """
+    max_chunk = max(1, -(-in_flight // max(1, images_per_call)))
+    num_chunks = -(-num_samples // max_chunk)
+    return -(-num_samples // num_chunks)

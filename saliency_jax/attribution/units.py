@@ -33,7 +33,8 @@ from saliency_jax.attribution.rules import RULES, backward_rule
 from saliency_jax.batching import map_batches
 from saliency_jax.models.inspect import layer_activation, layer_shapes
 from saliency_jax.models.model import Model
-from saliency_jax.targets import check_unit, indices
+from saliency_jax.validate import check_images
+from saliency_jax.targets import check_unit, indices, positions
 
 REDUCTIONS: dict[str, Callable] = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}
 
@@ -97,7 +98,7 @@ def unit(layer: str, channel, position=None, *, reduce: str = "sum") -> UnitTarg
         raise ValueError(f"unit: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
     channel = indices(channel, "unit: channel")
     if position is not None:
-        position = _positions(position, "unit: position")
+        position = positions(position, "unit: position")
     return UnitTarget(layer, channel, position, reduce)
 
 
@@ -151,13 +152,11 @@ def project_activation(model: Model, x, layer: str, channel, position=None, *, r
     Returns:
       [B,H,W,C] reconstructions in input space (np.ndarray with batch_size).
     """
-    from saliency_jax.attribution.api import check_images  # api imports this module
-
     if not isinstance(model, Model):
         raise ValueError("project_activation needs a Model with named layers, not a bare logit function")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    x = check_images(x, model)
+    x = check_images(x, channels=3, name=model.name)
     target = check_unit_target(unit(layer, channel, position), model, x.shape[1:], len(x))
     run = functools.partial(_project_batch, model, layer=layer, rule=rule)
     if batch_size is None:
@@ -179,14 +178,6 @@ def _project_batch(model, x, channel, position, *, layer, rule):
         return grad
 
     return jax.vmap(one)(x, channel, position)
-
-
-def _positions(position, what: str):
-    array = np.asarray(position)
-    if array.dtype == bool or not np.issubdtype(array.dtype, np.integer) or array.shape[-1:] != (2,) \
-            or array.ndim > 2:
-        raise ValueError(f"{what} must be (row, col) or [B,2] ints, got {np.asarray(position).tolist()!r}")
-    return jnp.asarray(array, jnp.int32)
 
 
 __all__ = ["REDUCTIONS", "UnitTarget", "project_activation", "unit"]

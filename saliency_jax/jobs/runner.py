@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from saliency_jax.data import DEFAULT_MAX_PIXELS, NO_LABEL, Example, Source, decode_stream, default_workers
+from saliency_jax.methods import Method, as_method, describe
 from saliency_jax.jobs.step import fetch, make_step
 from saliency_jax.jobs.store import JobError, JobStore
 from saliency_jax.sharding import data_mesh, host_slice
@@ -93,7 +94,7 @@ def run_batch_job(
     model,
     out_dir,
     *,
-    method: str = "vanilla",
+    method: str | Method = "vanilla",
     targets="top1",
     batch_size: int = 32,
     shard_size: int = 1024,
@@ -116,11 +117,11 @@ def run_batch_job(
       model: a `Model` (its input size and preprocessing are used).
       out_dir: output folder (see `saliency_jax.jobs.store`); with several
         processes each writes ``out_dir/process-IIIII-of-NNNNN``.
-      method: an `available_methods()` name.
+      method: a method value, or an `available_methods()` name (with `options`).
       targets: "top1", "label" (the source's labels), or one class index for all.
       batch_size: images per step, rounded up to a multiple of the device count.
       shard_size: source positions per output shard (the resume granularity).
-      options: the method's static options (num_samples, num_steps, layer, ...).
+      options: with a method name, its options (num_samples, num_steps, layer, ...).
       seed: seeds `jax.random.key` for the noise-based methods.
       float16: store maps as float16 (half the disk).
       save_png: also write an overlay PNG per image.
@@ -146,16 +147,15 @@ def run_batch_job(
     pc = jax.process_count() if process_count is None else process_count
     start, stop = host_slice(source.num_examples, pi, pc)
     out = pathlib.Path(out_dir) if pc == 1 else pathlib.Path(out_dir) / f"process-{pi:05d}-of-{pc:05d}"
-    options = dict(options or {})
+    method = as_method(method, **dict(options or {}))
     mesh = data_mesh() if mesh is None else mesh
     maps_dtype = np.float16 if float16 else np.float32
-    step, batch = make_step(model, method, batch_size=batch_size, key=jax.random.key(seed), options=options,
-                            mesh=mesh, dtype=maps_dtype)
+    step, batch = make_step(model, method, batch_size=batch_size, key=jax.random.key(seed), mesh=mesh,
+                            dtype=maps_dtype)
     config = {
         "format": FORMAT_VERSION, "source": source.spec, "source_fingerprint": source.fingerprint,
         "source_size": source.num_examples, "slice": [start, stop], "process": [pi, pc],
-        "model": model.name, "input_size": list(model.input_size), "method": method,
-        "options": {k: v for k, v in sorted(options.items())}, "seed": seed, "targets": targets,
+        "model": model.name, "input_size": list(model.input_size), **describe(method), "seed": seed, "targets": targets,
         "shard_size": shard_size, "maps_dtype": "float16" if float16 else "float32",
         "label_names": list(source.label_names) if source.label_names else None,
     }

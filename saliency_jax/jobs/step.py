@@ -1,7 +1,7 @@
 """One compiled, data-parallel step: uint8 pixels [B,h,w,3] -> saliency maps [B,h,w] + predictions.
 
 Preprocessing, the forward pass, the attribution (the same jitted, vmapped
-`_attribute_batch` that `saliency_jax.attribute` runs), the channel reduction
+`attribute_batch` that `saliency_jax.attribute` runs), the channel reduction
 and normalisation of `saliency_map`, and the cast to the storage dtype are one
 XLA program, sharded over a `Mesh` on the batch axis. Only uint8 pixels go to the
 devices and only maps and a few scalars per image come back.
@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution import api
-from saliency_jax.attribution.gradients import TOP1
 from saliency_jax.maps import saliency_map
+from saliency_jax.methods import Method, as_method, attribute_batch
 from saliency_jax.models.model import Model
+from saliency_jax.targets import TOP1
 from saliency_jax.sharding import batch_sharding, data_mesh, replicated, round_up
 
 
@@ -33,35 +33,17 @@ class StepOutput(NamedTuple):
     target_score: np.ndarray  # [B] float32: softmax probability of `target`
 
 
-def check_method(model, method: str, options: dict) -> dict:
-    """Validates a method and its options as `attribute` does; fills the default chunk size later."""
-    if method not in api.METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(api.METHODS)}")
-    spec = api.METHODS[method]
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        valid = ", ".join(spec.options) or "none"
-        raise ValueError(f"method {method!r} got unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    if spec.needs_model and not isinstance(model, Model):
-        raise ValueError(f"method {method!r} needs a Model with named layers")
-    if "layer" in spec.options:
-        from saliency_jax.attribution import gradcam
-
-        return gradcam.with_layer(model, options)
-    return dict(options)
-
-
-def make_step(model: Model, method: str, *, batch_size: int, key=None, options: dict | None = None,
+def make_step(model: Model, method: str | Method, *, batch_size: int, key=None, options: dict | None = None,
               mesh=None, dtype=np.float32) -> tuple[Callable, int]:
     """Builds the sharded step.
 
     Args:
       model: the classifier (its `input_size`, `mean`, `std` define the preprocessing).
-      method: an `available_methods()` name.
+      method: a method value, or an `available_methods()` name (with `options`).
       batch_size: images per step; rounded up to a multiple of the mesh's device count.
       key: `jax.random` key for the noise-based methods (default `key(0)`); every
         image uses the same key, so a map never depends on its batch or device.
-      options: the method's static options (num_samples, num_steps, chunk_size, layer, ...).
+      options: with a method name, its options (num_samples, num_steps, chunk_size, layer, ...).
       mesh: a `data_mesh()` (default: all local devices).
       dtype: storage dtype of the maps (float32 or float16).
 
@@ -69,16 +51,13 @@ def make_step(model: Model, method: str, *, batch_size: int, key=None, options: 
       (step, padded batch size): ``step(pixels uint8 [B,h,w,3], targets int32 [B])``
       returns a `StepOutput`; a target of -1 (`TOP1`) means the image's top-1 class.
     """
-    options = check_method(model, method, dict(options or {}))
     mesh = data_mesh() if mesh is None else mesh
     batch = round_up(batch_size, mesh.devices.size)
-    if "chunk_size" in api.METHODS[method].options and options.get("chunk_size") is None:
-        samples = options.get("num_samples", options.get(
-            "num_steps", api.DEFAULT_NUM_STEPS if method == "ig" else api.DEFAULT_NUM_SAMPLES))
-        options["chunk_size"] = api.balanced_chunk(samples, -(-api.AUTO_CHUNK_IMAGES // batch))
+    method = as_method(method, **dict(options or {}))
+    method = method.prepare(model, (*model.input_size, 3), images_per_call=batch)
     key = jax.random.key(0) if key is None else key
     split = batch_sharding(mesh)
-    static = dict(method=method, options=tuple(sorted(options.items())), dtype=np.dtype(dtype).name)
+    dtype = np.dtype(dtype).name
     placed_model, placed_key = jax.device_put(model, replicated(mesh)), jax.device_put(key, replicated(mesh))
 
     def step(pixels: np.ndarray, targets: np.ndarray):
@@ -88,7 +67,7 @@ def make_step(model: Model, method: str, *, batch_size: int, key=None, options: 
         # Inputs committed to the mesh (split on the batch axis, model and key replicated): the
         # compiled program runs data parallel and its outputs stay split the same way.
         return _step(placed_model, placed_key, jax.device_put(pixels, split),
-                     jax.device_put(np.asarray(targets, np.int32), split), **static)
+                     jax.device_put(np.asarray(targets, np.int32), split), method, dtype=dtype)
 
     return step, batch
 
@@ -98,15 +77,15 @@ def fetch(result) -> StepOutput:
     return StepOutput(*(np.asarray(a) for a in result))
 
 
-@functools.partial(jax.jit, static_argnames=("method", "options", "dtype"))
-def _step(model, key, pixels, targets, *, method, options, dtype):
+@functools.partial(jax.jit, static_argnames=("dtype",))
+def _step(model, key, pixels, targets, method, *, dtype):
     # Module-level jit: a second job with the same model, method and shapes does not recompile.
     x = (pixels.astype(jnp.float32) - np.float32(model.mean)) / np.float32(model.std)
     logits = model.apply(x)[0]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
     target = jnp.where(targets == TOP1, predicted, targets).astype(jnp.int32)
-    grads = api._attribute_batch(model, x, target, key, None, fn=None, method=method, options=options)
+    grads = attribute_batch(method, model, x, target, key)
     maps = saliency_map(grads).astype(jnp.dtype(dtype))
 
     def pick(p, i):

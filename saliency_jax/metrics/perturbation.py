@@ -30,7 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from saliency_jax.attribution.api import AUTO_CHUNK_IMAGES, check_images, check_targets
+from saliency_jax.attribution.sampling import default_chunk
+from saliency_jax.targets import check_targets
+from saliency_jax.validate import check_images, positive_int
 from saliency_jax.attribution.gradients import resolve_target
 from saliency_jax.attribution.sampling import sample_sum
 from saliency_jax.filters import gaussian_filter
@@ -106,12 +108,6 @@ def _curves_batch(model, x, saliency, targets, substrate, *, fn, mode, num_steps
     return jax.vmap(run)(x, saliency, targets, substrate)
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def perturbation_curves(
     model_or_fn,
     x,
@@ -157,16 +153,16 @@ def perturbation_curves(
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
-    num_steps = _positive_int("num_steps", num_steps)
+    num_steps = positive_int("num_steps", num_steps)
     if chunk_size is not None:
-        chunk_size = _positive_int("chunk_size", chunk_size)
+        chunk_size = positive_int("chunk_size", chunk_size)
     if isinstance(blur_sigma, bool) or not isinstance(blur_sigma, numbers.Real) or not blur_sigma > 0:
         raise ValueError(f"blur_sigma must be a positive number, got {blur_sigma!r}")
     model = model_or_fn if isinstance(model_or_fn, Model) else None
     fn = None if model is not None else model_or_fn
     if fn is not None and not callable(fn):
         raise TypeError(f"expected a Model or a logit function, got {type(fn).__name__}")
-    x = check_images(x, model)
+    x = check_images(x, channels=3 if model is not None else None, name=getattr(model, 'name', 'model'))
     saliency = _check_maps(saliency, x.shape)
     num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
     targets = check_targets(targets, len(x), num_classes)
@@ -184,7 +180,7 @@ def perturbation_curves(
             raise ValueError("substrate contains NaN or Inf values")
         kind, array = "array", jnp.broadcast_to(array, x.shape)
     if chunk_size is None:
-        chunk_size = -(-AUTO_CHUNK_IMAGES // len(x))
+        chunk_size = default_chunk(num_steps + 1, len(x))
     return _curves_batch(
         model, x, saliency, targets, array, fn=fn, mode=mode, num_steps=num_steps, score=score,
         chunk_size=chunk_size, substrate_kind=kind, blur_sigma=float(blur_sigma),

@@ -128,7 +128,7 @@ def cascading_randomization(
     targets="top1",
     *,
     key,
-    method: str = "vanilla",
+    method="vanilla",
     stages: Sequence[str] | None = None,
     batch_size: int | None = None,
     **options,
@@ -143,7 +143,7 @@ def cascading_randomization(
       key: ``jax.random`` key; split into the parameter key and the key of
         the attribution method (the same for every stage, so noise-based
         methods see the same noise).
-      method: attribution method (``saliency_jax.available_methods()``).
+      method: attribution method, a value or a name (``saliency_jax.available_methods()``).
       stages: parameter groups to randomise, in cascade order; default every
         group from the output down (``parameter_stages(model)`` reversed).
       batch_size: passed to ``attribute``.
@@ -153,8 +153,9 @@ def cascading_randomization(
       ``RandomizationCheck(stages, spearman [S+1,B], ssim [S+1,B], targets [B])``;
       row 0 is the trained model against itself (both 1).
     """
-    from saliency_jax.attribution.api import attribute, check_images, check_targets
-    from saliency_jax.attribution.gradients import TOP1
+    from saliency_jax.methods import attribute
+    from saliency_jax.targets import TOP1, check_targets
+    from saliency_jax.validate import check_images
     from saliency_jax.maps import saliency_map
 
     if not isinstance(model, Model):
@@ -167,7 +168,7 @@ def cascading_randomization(
     if not order:
         raise ValueError("cascading_randomization: no stages to randomise")
     param_key, attr_key = jax.random.split(key)
-    x = check_images(x, model)
+    x = check_images(x, channels=3, name=model.name)
     t = np.asarray(check_targets(targets, len(x), model.num_classes))
     if (t == TOP1).any():
         t = np.asarray(jnp.argmax(model.logits(x), axis=-1), np.int32)

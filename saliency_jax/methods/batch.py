@@ -1,0 +1,145 @@
+"""`attribute`: any method value on a batch, vmapped and compiled once per (value, shapes).
+
+    maps = saliency_jax.attribute(model, x, "top1", method="smoothgrad", key=jax.random.key(0))
+    maps = saliency_jax.attribute(model, x, "top1", method=SmoothGrad(num_samples=8), key=key)
+
+Input checks (rank, channels, finiteness, targets, the method's options against
+the model) happen on the host before anything is compiled, so a bad call fails
+with one clear `ValueError`. The method value is a pytree argument of the one
+compiled function `attribute_batch`: equal values share a compilation, and
+traced options (a baseline, a noise scale) never recompile.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from saliency_jax.attribution.units import UnitTarget, check_unit_target
+from saliency_jax.batching import map_batches
+from saliency_jax.methods.base import Method, as_method, available_methods, is_model, option_names
+from saliency_jax.targets import check_targets
+from saliency_jax.validate import check_images, optional_positive_int
+
+
+def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, baseline=None, batch_size=None,
+              **options):
+    """Attribution maps for a batch: x [B,H,W,C] -> [B,H,W,C] (gradient-shaped).
+
+    Args:
+      model_or_fn: a `Model`, or any per-image logit function `[H,W,C] -> [K]`.
+      x: preprocessed images [B,H,W,C] (model space), finite.
+      targets: "top1" (each image's predicted class), an int, ints [B], or a
+        unit of a named layer, `saliency_jax.attribution.unit(layer, channel[, position])`
+        (a `Model` only; not for Grad-CAM), whose activation is then explained.
+      method: a method value (`saliency_jax.methods.SmoothGrad(...)`, or your own
+        `Method`), or a registered name (`available_methods()`) with `**options`.
+      key: `jax.random` key; required by the random methods. Every image in
+        the batch uses the same key, so a map does not depend on its batch neighbours.
+      baseline: the method's baseline (Integrated Gradients), [H,W,C] or per image [B,H,W,C].
+      batch_size: if set, x goes through in batches of exactly this size (the
+        last one padded: one compilation) and the result is gathered in host memory.
+      **options: with a method name, its options (e.g. num_samples, num_steps,
+        chunk_size, quadrature, noise_scale, layer). chunk_size defaults to about
+        32 images (batch x samples) in flight.
+
+    Returns:
+      [B,H,W,C] (jax.Array, or np.ndarray with batch_size); reduce with
+      `saliency_jax.saliency_map`.
+    """
+    method = as_method(method, **options)
+    model = model_or_fn if is_model(model_or_fn) else None
+    fn = None if model is not None else model_or_fn
+    if fn is not None and not callable(fn):
+        raise TypeError(f"expected a Model or a logit function, got {type(fn).__name__}")
+    if method.needs_key and key is None:
+        raise ValueError(f"method {method.label} is random: pass key=jax.random.key(seed)")
+    batch_size = optional_positive_int("batch_size", batch_size)
+    x = check_images(x, channels=3, name=model.name) if model is not None else check_images(x)
+    images_per_call = len(x) if batch_size is None else batch_size
+    method, per_image = _with_baseline(method, baseline, x.shape)
+    method = method.prepare(model_or_fn, x.shape[1:], images_per_call=images_per_call)
+    targets = _check_targets(method, targets, model, fn, x)
+    key = jax.random.key(0) if key is None else key  # unused by deterministic methods; keeps one signature
+    run = functools.partial(attribute_batch, method, fn=fn)
+    if batch_size is None:
+        return run(model, x, targets, key, per_image)
+    leaves, treedef = jax.tree.flatten((targets, per_image))  # a unit target's channel [B], per-image fields
+
+    def run_chunk(x, *rest):
+        t, p = jax.tree.unflatten(treedef, rest)
+        return run(model, x, t, key, p)
+
+    return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
+
+
+@functools.partial(jax.jit, static_argnames=("fn",))
+def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, fn=None):
+    """The compiled batch: `method.explain` vmapped over x [B,H,W,C] and targets [B] (a prepared method).
+
+    Args:
+      method: a prepared method value (`method.prepare(...)`); a pytree argument,
+        so equal values share this compilation.
+      model: the `Model` (None with `fn`).
+      x: images [B,H,W,C]; targets: int32 [B] or a checked `UnitTarget`.
+      key: the one key every image uses.
+      per_image: {field: [B,...]} values of the method's `per_image` fields, or None.
+      fn: a bare logit function instead of a model (static).
+    """
+    def one(xi, ti, pi):
+        m = method.with_values(**pi) if pi else method
+        if isinstance(ti, UnitTarget):  # the layer's channel scores take the logits' place
+            return m.explain(ti.scores(model), xi, ti.channel, key=key)
+        return m.explain(model if fn is None else fn, xi, ti, key=key)
+
+    return jax.vmap(one)(x, targets, per_image or {})
+
+
+def _with_baseline(method: Method, baseline, batch_shape):
+    """(method with a shared baseline set, {field: per-image values}) from `attribute`'s baseline argument."""
+    per_image = {}
+    for name in method.per_image:  # fields given per image [B,...] are split off for the vmap
+        value = getattr(method, name)
+        if value is not None and np.ndim(value) == len(batch_shape):
+            per_image[name] = _per_image(name, value, batch_shape)
+            method = method.with_values(**{name: None})
+    if baseline is None:
+        return method, per_image
+    if "baseline" not in method.per_image:
+        users = [n for n in available_methods() if "baseline" in option_names(n)]
+        raise ValueError(f"baseline is only used by methods with a baseline ({', '.join(users)}), "
+                         f"not {method.label}")
+    if np.ndim(baseline) == len(batch_shape):
+        return method, {**per_image, "baseline": _per_image("baseline", baseline, batch_shape)}
+    return method.with_values(baseline=jnp.asarray(baseline, jnp.float32)), per_image
+
+
+def _per_image(name: str, value, batch_shape):
+    array = jnp.asarray(value, jnp.float32)
+    if array.shape != tuple(batch_shape):
+        raise ValueError(f"{name} must be [H,W,C] or [B,H,W,C] like x {tuple(batch_shape)}; got shape {array.shape}")
+    return array
+
+
+def _check_targets(method: Method, targets, model, fn, x):
+    if isinstance(targets, UnitTarget):
+        if method.class_only:
+            raise ValueError(f"method {method.label} explains a class score; unit targets work with the "
+                             "gradient methods (vanilla, guided, smoothgrad, ig, ...)")
+        return check_unit_target(targets, model, x.shape[1:], len(x))
+    num_classes = model.num_classes if model is not None else _num_classes(fn, x[0])
+    return check_targets(targets, len(x), num_classes)
+
+
+def _num_classes(fn, image) -> int:
+    out = jax.eval_shape(fn, image)
+    if not hasattr(out, "shape") or len(out.shape) != 1:
+        shape = getattr(out, "shape", type(out).__name__)
+        raise ValueError(f"a logit function must return one score vector [K] per image [H,W,C]; got {shape}")
+    return out.shape[0]
+
+
+__all__ = ["attribute", "attribute_batch"]
