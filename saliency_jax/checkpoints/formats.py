@@ -9,7 +9,8 @@ import numpy as np
 
 from saliency_jax.checkpoints.keras_h5 import flatten_layers, load_keras_weights
 from saliency_jax.checkpoints.safetensors_reader import load_safetensors
-from saliency_jax.checkpoints.torch_pickle import CheckpointError, load_torch_checkpoint
+from saliency_jax.checkpoints.errors import CheckpointError
+from saliency_jax.checkpoints.torch_pickle import load_torch_checkpoint
 
 FORMATS = ("torch", "safetensors", "keras")
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -23,7 +23,7 @@ import zipfile
 
 import numpy as np
 
-from saliency_jax.checkpoints.torch_pickle import CheckpointError
+from saliency_jax.checkpoints.errors import CheckpointError
 
 INSTALL_HINT = "pip install 'saliency-jax[formats]' (or pip install h5py)"
 # Names of a layer's weights by count, for `flatten_layers` (Conv/Dense; Dense without bias; BatchNorm).

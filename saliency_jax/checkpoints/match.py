@@ -12,7 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from saliency_jax.checkpoints.torch_pickle import CheckpointError
+from saliency_jax.checkpoints.errors import CheckpointError
 
 # Bookkeeping tensors that carry no weights (torch BatchNorm's step counter).
 IGNORED_SUFFIXES = ("num_batches_tracked",)

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from saliency_jax.checkpoints.torch_pickle import CheckpointError
+from saliency_jax.checkpoints.errors import CheckpointError
 
 INSTALL_HINT = "pip install 'saliency-jax[formats]' (or pip install safetensors)"
 

@@ -10,411 +10,255 @@ Both on-disk layouts written by ``torch.save`` are supported:
   list of storage keys) followed by, for each key, a little-endian int64
   element count and the storage's raw little-endian bytes.
 
-Pickles are read with a restricted unpickler: it admits only the few globals
-needed to rebuild tensors and plain containers, and refuses anything else
-(``os.system``, ``builtins.eval`` ...) before it can run. Tensors are rebuilt
-with numpy from their storage, offset, sizes and strides.
+Pickles are read by the restricted machine of `checkpoints.unpickler` with the
+globals of `checkpoints.torch_tensors`: nothing a file names outside them is
+reached, let alone run. Every size the file declares is checked against a
+`checkpoints.budget.Budget` before it is allocated: zip records before they are
+inflated, tensors (only those of the returned state dict) before they are
+copied out of their storages.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
-import collections
-import dataclasses
 import io
 import os
-import pickle
 import struct
 import zipfile
 import zlib
 from typing import Any, BinaryIO, Callable
 
-import ml_dtypes
 import numpy as np
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
+from saliency_jax.checkpoints.budget import DEFAULT_BUDGET, Budget, Meter, check_inflation, size_text
+from saliency_jax.checkpoints.errors import CheckpointError, UnsafeCheckpointError, describe, one_line
+from saliency_jax.checkpoints.torch_tensors import (
+    TORCH_GLOBALS,
+    Storage,
+    StorageType,
+    Tensor,
+    storage_array,
+    to_numpy,
+)
+from saliency_jax.checkpoints.unpickler import Unpickler
+
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint", "read_zip_record"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _UNWRAP_KEYS = ("state_dict", "model")
-# What reading a damaged or foreign file can raise from pickle, zipfile or zlib.
+_MAX_KEY_CHARS = 256
+# What reading a damaged or foreign file can still raise from zipfile, zlib or the OS.
 _CORRUPT_FILE_ERRORS = (
-    pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, EOFError, ValueError,
-    TypeError, KeyError, IndexError, AttributeError, OverflowError, RecursionError,
-    MemoryError, NotImplementedError, struct.error,
+    zipfile.BadZipFile, zlib.error, EOFError, ValueError, TypeError, KeyError, IndexError,
+    AttributeError, OverflowError, RecursionError, MemoryError, NotImplementedError, struct.error,
 )
 
 
-class CheckpointError(ValueError):
-    """A file is not a readable PyTorch checkpoint (corrupt, truncated, foreign)."""
+def _storage_key(key: Any) -> str:
+    """A storage key as a short printable string."""
+    if type(key) is int and 0 <= key < 2**63:
+        return str(key)
+    if isinstance(key, str) and len(key) <= _MAX_KEY_CHARS and key.isprintable():
+        return key
+    raise CheckpointError(f"storage key {describe(key)} is not a short name")
 
 
-class UnsafeCheckpointError(CheckpointError):
-    """A checkpoint's pickle asks for a global that is not a tensor or container."""
+def _persistent(load_storage: Callable[..., Storage]) -> Callable[[Any], Storage]:
+    """Checks a persistent id ``('storage', type, key, location, numel[, view])`` for `load_storage`."""
+
+    def load(pid: Any) -> Storage:
+        if not (isinstance(pid, tuple) and 5 <= len(pid) <= 6 and pid[0] in ("storage", b"storage")
+                and isinstance(pid[1], StorageType)):
+            raise CheckpointError(f"unexpected persistent id {describe(pid)}")
+        return load_storage(pid[1], _storage_key(pid[2]), *pid[4:])
+
+    return load
 
 
-# --- storages ---------------------------------------------------------------
-
-_STORAGE_DTYPES: dict[str, np.dtype] = {
-    "DoubleStorage": np.dtype(np.float64),
-    "FloatStorage": np.dtype(np.float32),
-    "HalfStorage": np.dtype(np.float16),
-    "BFloat16Storage": np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": np.dtype(np.int64),
-    "IntStorage": np.dtype(np.int32),
-    "ShortStorage": np.dtype(np.int16),
-    "CharStorage": np.dtype(np.int8),
-    "ByteStorage": np.dtype(np.uint8),
-    "BoolStorage": np.dtype(np.bool_),
-    "ComplexFloatStorage": np.dtype(np.complex64),
-    "ComplexDoubleStorage": np.dtype(np.complex128),
-    "UntypedStorage": np.dtype(np.uint8),
-}
+def _unpickle(file: BinaryIO, budget: Budget, load_storage: Callable[..., Storage] | None = None) -> Any:
+    """Reads one pickle from `file` with the restricted machine."""
+    persistent = None if load_storage is None else _persistent(load_storage)
+    return Unpickler(TORCH_GLOBALS, persistent, budget).load(file)
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _StorageType:
-    """Stand-in for a ``torch.<Name>Storage`` class: just its numpy dtype."""
-
-    name: str
-    dtype: np.dtype
+# --- the zip layout ------------------------------------------------------------
 
 
-@dataclasses.dataclass(slots=True)
-class _Storage:
-    """A storage: a flat numpy array of its elements, filled in once read."""
-
-    dtype: np.dtype
-    data: np.ndarray | None = None
-
-
-@dataclasses.dataclass(frozen=True, eq=False, slots=True)
-class _Tensor:
-    """A tensor awaiting its storage's bytes (legacy files store them last)."""
-
-    storage: _Storage
-    offset: int
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    conj: bool = False
-    neg: bool = False
+def read_zip_record(archive: zipfile.ZipFile, name: str, budget: Budget, meter: Meter,
+                    limit: int | None = None) -> bytes:
+    """A zip record's bytes, after checking its declared size (ratio, `meter`, `limit`) before inflating."""
+    info = archive.getinfo(name)
+    what = f"zip record {describe(name)}"
+    if limit is not None and info.file_size > limit:
+        raise CheckpointError(f"{what} declares {size_text(info.file_size)}, over {size_text(limit)}")
+    if info.compress_type != zipfile.ZIP_STORED:
+        check_inflation(budget, info.file_size, info.compress_size, what)
+    meter.charge(info.file_size, what)
+    with archive.open(info) as record:  # zipfile never yields more than the declared size
+        return record.read()
 
 
-def _storage_array(raw: bytes, dtype: np.dtype, byteorder: str) -> np.ndarray:
-    """Views raw storage bytes as a flat native-endian array of ``dtype``."""
-    if len(raw) % dtype.itemsize:
-        raise CheckpointError(
-            f"storage of {len(raw)} bytes is not a whole number of {dtype} elements"
-        )
-    array = np.frombuffer(raw, dtype=dtype.newbyteorder(byteorder))
-    return array.astype(dtype, copy=False)
+def _zip_prefix(archive: zipfile.ZipFile) -> str:
+    """The ``<archive>/`` folder that holds the one ``data.pkl``."""
+    pickles = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        raise CheckpointError(f"zip archive has {len(pickles)} data.pkl records, expected 1")
+    return pickles[0][: -len("data.pkl")]
 
 
-# --- tensor rebuilding ------------------------------------------------------
-
-
-def _as_int_tuple(values: Any, what: str) -> tuple[int, ...]:
-    """Checks that ``values`` is a sequence of non-negative ints."""
-    if not isinstance(values, (tuple, list)) or not all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values
-    ):
-        raise CheckpointError(f"tensor {what} {values!r} is not a tuple of ints >= 0")
-    return tuple(values)
-
-
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> _Tensor:
-    """Stand-in for ``torch._utils._rebuild_tensor``: records the tensor's layout."""
-    if not isinstance(storage, _Storage):
-        raise CheckpointError(f"tensor storage is a {type(storage).__name__}, not a storage")
-    (offset,) = _as_int_tuple([storage_offset], "storage offset")
-    shape = _as_int_tuple(size, "size")
-    strides = _as_int_tuple(stride, "stride")
-    if len(shape) != len(strides):
-        raise CheckpointError(f"tensor size {shape} and stride {strides} differ in length")
-    return _Tensor(storage, offset, shape, strides)
-
-
-def _rebuild_tensor_v2(
-    storage: Any,
-    storage_offset: Any,
-    size: Any,
-    stride: Any,
-    requires_grad: Any = False,
-    backward_hooks: Any = None,
-    metadata: Any = None,
-) -> _Tensor:
-    """Stand-in for ``torch._utils._rebuild_tensor_v2`` (grad flags ignored)."""
-    del requires_grad, backward_hooks
-    tensor = _rebuild_tensor(storage, storage_offset, size, stride)
-    metadata = metadata if isinstance(metadata, dict) else {}
-    return dataclasses.replace(
-        tensor, conj=bool(metadata.get("conj")), neg=bool(metadata.get("neg"))
-    )
-
-
-def _rebuild_parameter(
-    data: Any, requires_grad: Any, backward_hooks: Any, state: Any = None
-) -> Any:
-    """Stand-in for ``torch._utils._rebuild_parameter[_with_state]``: the data."""
-    del requires_grad, backward_hooks, state
-    return data
-
-
-def _to_numpy(tensor: _Tensor) -> np.ndarray:
-    """Copies a tensor out of its storage with numpy strides."""
-    flat = tensor.storage.data
-    if not isinstance(flat, np.ndarray) or flat.ndim != 1:
-        raise CheckpointError("a tensor's storage is missing from the file")
-    shape, strides, offset = tensor.shape, tensor.strides, tensor.offset
-    if 0 in shape:
-        return np.empty(shape, dtype=flat.dtype)
-    last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
-    if last >= flat.size:
-        raise CheckpointError(
-            f"tensor of size {shape}, stride {strides}, offset {offset} reads past "
-            f"its storage of {flat.size} elements"
-        )
-    itemsize = flat.dtype.itemsize
-    view = np.lib.stride_tricks.as_strided(
-        flat[offset:], shape=shape, strides=[s * itemsize for s in strides], writeable=False
-    )
-    array = np.array(view, copy=True)
-    if tensor.conj:
-        array = np.conj(array)
-    if tensor.neg:
-        array = np.negative(array)
-    return array
-
-
-def _materialize(obj: Any, done: dict[int, Any] | None = None) -> Any:
-    """Replaces every ``_Tensor`` inside plain containers with a numpy array.
-
-    Objects the pickle shares are converted once (``done`` maps ``id`` to
-    result), so a small pickle cannot make this walk exponentially long.
-    """
-    done = {} if done is None else done
-    if id(obj) in done:
-        return done[id(obj)]
-    if isinstance(obj, _Tensor):
-        result = _to_numpy(obj)
-    elif isinstance(obj, dict):
-        result = type(obj)((k, _materialize(v, done)) for k, v in obj.items())
-    elif isinstance(obj, (list, tuple)):
-        result = type(obj)(_materialize(v, done) for v in obj)
-    else:
-        return obj
-    done[id(obj)] = result
-    return result
-
-
-def _encode_text(text: Any, encoding: Any = "utf-8") -> bytes:
-    """``_codecs.encode``, as protocol-2 pickles use it for ``bytes`` values."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1", "utf-8", "utf8"):
-        raise CheckpointError(f"refusing _codecs.encode({type(text).__name__}, {encoding!r})")
-    return text.encode(encoding)
-
-
-# --- restricted unpickling --------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Function:
-    """An allowed function, frozen so a pickle's BUILD cannot patch it."""
-
-    function: Callable[..., Any]
-
-    def __call__(self, *args: Any) -> Any:
-        return self.function(*args)
-
-
-# Everything a pickle may name. Classes are immutable builtin types; functions
-# are wrapped in `_Function`; storage types are frozen `_StorageType`s.
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("torch._utils", "_rebuild_tensor"): _Function(_rebuild_tensor),
-    ("torch._utils", "_rebuild_tensor_v2"): _Function(_rebuild_tensor_v2),
-    ("torch._utils", "_rebuild_parameter"): _Function(_rebuild_parameter),
-    ("torch._utils", "_rebuild_parameter_with_state"): _Function(_rebuild_parameter),
-    ("torch", "Size"): tuple,
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("builtins", "complex"): complex,
-    ("_codecs", "encode"): _Function(_encode_text),
-    **{("torch", name): _StorageType(name, dtype) for name, dtype in _STORAGE_DTYPES.items()},
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only allow-listed globals and torch storages."""
-
-    def __init__(self, file: BinaryIO, path: str, load_storage: Callable[..., Any] | None):
-        super().__init__(file, encoding="utf-8")
-        self._path = path
-        self._load_storage = load_storage
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Protocol-2 pickles spell some names the Python 2 way ('__builtin__').
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except (KeyError, TypeError):
-            raise UnsafeCheckpointError(
-                f"refusing to load {self._path!r}: the checkpoint asks for "
-                f"'{module}.{name}', which is not a tensor or a plain container"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        if (
-            self._load_storage is None
-            or not isinstance(pid, tuple)
-            or len(pid) < 5
-            or pid[0] not in ("storage", b"storage")
-            or not isinstance(pid[1], _StorageType)
-        ):
-            raise CheckpointError(f"unexpected persistent id {str(pid)[:80]!r}")
-        return self._load_storage(*pid[1:])
-
-
-def _unpickle(file: BinaryIO, path: str, load_storage: Callable[..., Any] | None = None) -> Any:
-    """Reads one pickle from ``file`` with the restricted unpickler."""
-    return _RestrictedUnpickler(file, path, load_storage).load()
-
-
-# --- the two file layouts ---------------------------------------------------
-
-
-def _load_zip(path: str) -> Any:
-    """Loads the object saved in a zip-layout checkpoint."""
+def _load_zip(path: str, budget: Budget) -> tuple[Any, int]:
+    """The object saved in a zip-layout checkpoint, and the bytes of the storages it uses."""
     with zipfile.ZipFile(path) as archive:
-        names = set(archive.namelist())
-        pickles = sorted(n for n in names if n == "data.pkl" or n.endswith("/data.pkl"))
-        if len(pickles) != 1:
-            raise CheckpointError(f"zip archive has {len(pickles)} data.pkl records, expected 1")
-        prefix = pickles[0][: -len("data.pkl")]
+        prefix, names = _zip_prefix(archive), set(archive.namelist())
+        inflated = Meter(budget.max_inflated_bytes, "all records of one file")
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii", "replace")
+            byteorder = read_zip_record(archive, prefix + "byteorder", budget, inflated, 16).decode("ascii", "replace")
             if byteorder not in ("little", "big"):
-                raise CheckpointError(f"unknown byteorder record {byteorder!r}")
-        storages: dict[str, _Storage] = {}
+                raise CheckpointError(f"unknown byteorder record {describe(byteorder)}")
+        storages: dict[str, Storage] = {}
 
-        def load_storage(storage_type: _StorageType, key: Any, *_: Any) -> _Storage:
-            """Reads (once) the storage record ``key`` as a flat array."""
-            key = str(key)
+        def load_storage(storage_type: StorageType, key: str, *_: Any) -> Storage:
+            """Reads (once) the storage record `key` as a flat array."""
             if key not in storages:
                 record = f"{prefix}data/{key}"
                 if record not in names:
-                    raise CheckpointError(f"storage record {record!r} is missing")
-                raw = archive.read(record)
-                storages[key] = _Storage(
-                    storage_type.dtype, _storage_array(raw, storage_type.dtype, byteorder)
-                )
+                    raise CheckpointError(f"storage record {describe(record)} is missing")
+                raw = read_zip_record(archive, record, budget, inflated)
+                storages[key] = Storage(storage_type.dtype, storage_array(raw, storage_type.dtype, byteorder))
             return storages[key]
 
-        obj = _unpickle(io.BytesIO(archive.read(pickles[0])), path, load_storage)
-    return _materialize(obj)
+        data = read_zip_record(archive, prefix + "data.pkl", budget, inflated, budget.max_pickle_bytes)
+        obj = _unpickle(io.BytesIO(data), budget, load_storage)
+    return obj, sum(s.data.nbytes for s in storages.values())
+
+
+# --- the legacy layout -----------------------------------------------------------
+
+
+class _Clamped:
+    """A file whose ``read(n)`` never asks the OS for more than the bytes left (genops trusts lengths)."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.size = file, os.fstat(file.fileno()).st_size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.file.tell()
+        return self.file.read(left if n is None or n < 0 else min(n, left))
+
+    def readline(self) -> bytes:
+        return self.file.readline()
+
+    def tell(self) -> int:
+        return self.file.tell()
 
 
 def _read_exact(file: BinaryIO, size: int, what: str) -> bytes:
-    """Reads exactly ``size`` bytes or reports a truncated file."""
+    """Reads exactly `size` bytes or reports a truncated file."""
     left = os.fstat(file.fileno()).st_size - file.tell()
     if size > left:
         raise CheckpointError(f"file is truncated: {what} needs {size} bytes, {left} are left")
     return file.read(size)
 
 
-def _load_legacy(path: str) -> Any:
-    """Loads the object saved in a legacy (pre-zip) checkpoint."""
-    storages: dict[str, _Storage] = {}
+def _view(view: Any) -> tuple[str, int, int]:
+    """A legacy storage view ``(key, offset, size)``, checked."""
+    if not (isinstance(view, tuple) and len(view) == 3
+            and all(type(v) is int and 0 <= v < 2**62 for v in view[1:])):
+        raise CheckpointError(f"storage view {describe(view)} is not (key, offset, size)")
+    return _storage_key(view[0]), view[1], view[2]
+
+
+def _read_storages(file: BinaryIO, keys: Any, storages: dict[str, Storage]) -> int:
+    """Fills the legacy storages named by `keys` from the bytes after the pickles; their total bytes."""
+    if not isinstance(keys, list):
+        raise CheckpointError("corrupt storage key list")
+    total = 0
+    for key in map(_storage_key, keys):
+        if key not in storages:
+            raise CheckpointError(f"storage key {describe(key)} is not used by any tensor")
+        (numel,) = struct.unpack("<q", _read_exact(file, 8, f"storage {describe(key)} header"))
+        dtype = storages[key].dtype
+        if numel < 0:
+            raise CheckpointError(f"storage {describe(key)} has negative size {numel}")
+        raw = _read_exact(file, numel * dtype.itemsize, f"storage {describe(key)}")
+        storages[key].data = storage_array(raw, dtype, "little")
+        total += len(raw)
+    return total
+
+
+def _load_legacy(path: str, budget: Budget) -> tuple[Any, int]:
+    """The object saved in a legacy (pre-zip) checkpoint, and the bytes of its storages."""
+    storages: dict[str, Storage] = {}
     views: dict[str, tuple[str, int, int]] = {}
 
-    def load_storage(
-        storage_type: _StorageType, key: Any, location: Any, numel: Any, view: Any = None
-    ) -> _Storage:
-        """An empty storage for ``key`` (or a view of it), filled in below."""
-        key = str(key)
-        root = storages.setdefault(key, _Storage(storage_type.dtype))
+    def load_storage(storage_type: StorageType, key: str, numel: Any = None, view: Any = None) -> Storage:
+        """An empty storage for `key` (or a view of it), filled in below."""
+        del numel
+        root = storages.setdefault(key, Storage(storage_type.dtype))
         if view is None:
             return root
-        view_key, offset, size = view
-        views.setdefault(str(view_key), (key, int(offset), int(size)))
-        return storages.setdefault(str(view_key), _Storage(storage_type.dtype))
+        view_key, offset, size = _view(view)
+        views.setdefault(view_key, (key, offset, size))
+        return storages.setdefault(view_key, Storage(storage_type.dtype))
 
-    with open(path, "rb") as file:
-        if _unpickle(file, path) != _LEGACY_MAGIC:
+    with open(path, "rb") as raw:
+        file = _Clamped(raw)
+        if (magic := _unpickle(file, budget)) != _LEGACY_MAGIC or type(magic) is not int:
             raise CheckpointError("not a PyTorch checkpoint (bad magic number)")
-        if (version := _unpickle(file, path)) != _LEGACY_PROTOCOL:
-            raise CheckpointError(f"unsupported legacy protocol version {version!r}")
-        _unpickle(file, path)  # sys_info; legacy storage bytes are always little-endian.
-        obj = _unpickle(file, path, load_storage)
-        keys = _unpickle(file, path)
-        if not isinstance(keys, list):
-            raise CheckpointError("corrupt storage key list")
-        for key in map(str, keys):
-            if key not in storages:
-                raise CheckpointError(f"storage key {key!r} is not used by any tensor")
-            (numel,) = struct.unpack("<q", _read_exact(file, 8, f"storage {key!r} header"))
-            dtype = storages[key].dtype
-            if numel < 0:
-                raise CheckpointError(f"storage {key!r} has negative size {numel}")
-            raw = _read_exact(file, numel * dtype.itemsize, f"storage {key!r}")
-            storages[key].data = _storage_array(raw, dtype, "little")
+        if (version := _unpickle(file, budget)) != _LEGACY_PROTOCOL or type(version) is not int:
+            raise CheckpointError(f"unsupported legacy protocol version {describe(version)}")
+        _unpickle(file, budget)  # sys_info; legacy storage bytes are always little-endian.
+        obj = _unpickle(file, budget, load_storage)
+        stored = _read_storages(raw, _unpickle(file, budget), storages)
     for view_key, (root_key, offset, size) in views.items():
         root = storages[root_key].data
         storages[view_key].data = None if root is None else root[offset : offset + size]
-    return _materialize(obj)
+    return obj, stored
 
 
 # --- public entry point -----------------------------------------------------
 
 
 def _is_state_dict(obj: Any) -> bool:
-    """Whether ``obj`` is a non-empty mapping of names to arrays."""
-    return (
-        isinstance(obj, dict)
-        and bool(obj)
-        and all(isinstance(v, np.ndarray) for v in obj.values())
-    )
+    """Whether `obj` is a non-empty mapping of names to tensors."""
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, Tensor) for v in obj.values())
 
 
-def _as_state_dict(obj: Any) -> dict[str, np.ndarray]:
-    """Unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and checks the result."""
+def _as_state_dict(obj: Any, meter: Meter) -> dict[str, np.ndarray]:
+    """Unwraps ``{"state_dict": ...}`` / ``{"model": ...}``, checks it, and copies its tensors out."""
     if not isinstance(obj, dict):
-        raise CheckpointError(f"holds a {type(obj).__name__}, not a dict of tensors")
+        raise CheckpointError(f"holds {describe(obj)}, not a dict of tensors")
     if not _is_state_dict(obj):
-        for key in _UNWRAP_KEYS:
-            if _is_state_dict(obj.get(key)):
-                obj = obj[key]
-                break
+        obj = next((obj[k] for k in _UNWRAP_KEYS if _is_state_dict(obj.get(k))), obj)
     for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, np.ndarray):
+        if not isinstance(key, str) or not isinstance(value, Tensor):
             raise CheckpointError(
-                f"entry {key!r} is a {type(value).__name__}, not a tensor "
+                f"entry {describe(key)} is a {type(value).__name__}, not a tensor "
                 f"(expected a state dict, or one under {' or '.join(map(repr, _UNWRAP_KEYS))})"
             )
-    return dict(obj)
+    return {key: to_numpy(tensor, meter) for key, tensor in obj.items()}
 
 
-def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+def load_torch_checkpoint(path: str | os.PathLike[str], *, budget: Budget = DEFAULT_BUDGET) -> dict[str, np.ndarray]:
     """Loads a PyTorch state dict as numpy arrays, without importing torch.
 
     Args:
       path: a file written by ``torch.save`` in the zip or the legacy layout.
         A top-level ``"state_dict"`` or ``"model"`` entry holding the tensors is
         unwrapped.
+      budget: the reading limits (`checkpoints.budget`); the default suits real checkpoints.
 
     Returns:
       The state dict: parameter name -> numpy array (bfloat16 via ml_dtypes).
 
     Raises:
-      FileNotFoundError: ``path`` does not exist.
+      FileNotFoundError: `path` does not exist.
       UnsafeCheckpointError: the pickle asks for anything but tensors and plain
         containers; nothing from the file is run.
-      CheckpointError: the file is empty, truncated, corrupt or not a checkpoint.
+      CheckpointError: the file is empty, truncated, corrupt, not a checkpoint,
+        or declares more than the budget allows. Messages are one short line.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -424,17 +268,14 @@ def load_torch_checkpoint(path: str | os.PathLike[str]) -> dict[str, np.ndarray]
     with open(path, "rb") as file:
         is_zip = file.read(4) == _ZIP_MAGIC
     try:
-        return _as_state_dict(_load_zip(path) if is_zip else _load_legacy(path))
-    except UnsafeCheckpointError:
-        raise
+        obj, stored = (_load_zip if is_zip else _load_legacy)(path, budget)
+        meter = Meter(budget.tensor_limit(stored), f"arrays from {size_text(stored)} of storages")
+        return _as_state_dict(obj, meter)
+    except UnsafeCheckpointError as error:
+        raise UnsafeCheckpointError(f"refusing to load {path!r}: {error}") from None
     except CheckpointError as error:
         raise CheckpointError(f"cannot load {path!r}: {error}") from None
     except zipfile.BadZipFile as error:
-        raise CheckpointError(
-            f"cannot load {path!r}: corrupt or truncated zip archive ({error})"
-        ) from error
+        raise CheckpointError(f"cannot load {path!r}: corrupt or truncated zip archive ({one_line(error)})") from None
     except _CORRUPT_FILE_ERRORS as error:
-        reason = f"{type(error).__name__}: {error}".strip().splitlines()[0]
-        raise CheckpointError(
-            f"cannot load {path!r}: not a readable PyTorch checkpoint ({reason})"
-        ) from error
+        raise CheckpointError(f"cannot load {path!r}: not a readable PyTorch checkpoint ({one_line(error)})") from None
