@@ -9,6 +9,7 @@ import pytest
 
 from saliency_jax.maximize import objectives as obj
 from saliency_jax.maximize import optimize, parameterizations, presets
+from saliency_jax.maximize.fingerprint import fingerprint
 from saliency_jax.maximize import transforms as tr
 from saliency_jax.filters import gaussian_filter
 from saliency_jax.models.model import Model
@@ -203,6 +204,35 @@ def test_repeat_call_does_not_recompile(tiny):
     kw.update(radius=5.0, key=jax.random.key(1))
     optimize.visualize(tiny, obj.class_score([3, 2]) - 0.5 * obj.l2(), **kw)
     assert (optimize._run_many._cache_size(), optimize._init_many._cache_size()) == before
+
+
+def test_equal_optimizers_built_twice_compile_once_and_the_learning_rate_counts(tiny):
+    def call(optimizer):
+        return optimize.visualize(tiny, obj.class_score([0, 1]), key=jax.random.key(0), num_steps=3,
+                                  optimizer=optimizer, parameterization=parameterizations.Pixels(0.1))
+
+    first = call(optax.adam(0.03))
+    before = optimize._run_many._cache_size(), optimize._init_many._cache_size()
+    again = call(optax.adam(0.03))  # a new, equal object: same code, same hyperparameters
+    assert (optimize._run_many._cache_size(), optimize._init_many._cache_size()) == before
+    np.testing.assert_array_equal(again.image, first.image)
+    other = call(optax.adam(0.3))  # another learning rate: another program, and Adam's steps 10x longer
+    assert optimize._run_many._cache_size() == before[0] + 1
+    assert np.abs(other.image - first.image).max() > 0.3
+
+
+def test_fingerprint_sees_hyperparameters_schedules_and_chains():
+    sgd = lambda lr, m=0.9: optax.sgd(lr, momentum=m)  # noqa: E731
+    decay = lambda rate: optax.adam(optax.exponential_decay(0.1, 10, rate))  # noqa: E731
+    chained = lambda clip: optax.chain(optax.clip_by_global_norm(clip), optax.adam(0.1))  # noqa: E731
+    for build, same, other in [(sgd, (0.1,), (0.1, 0.8)), (decay, (0.5,), (0.6,)), (chained, (1.0,), (2.0,))]:
+        assert fingerprint(build(*same)) == fingerprint(build(*same))
+        assert hash(fingerprint(build(*same))) == hash(fingerprint(build(*same)))
+        assert fingerprint(build(*same)) != fingerprint(build(*other))
+    assert fingerprint(optax.adam(0.1)) != fingerprint(optax.sgd(0.1))
+    assert fingerprint(1) != fingerprint(True) and fingerprint(1.0) != fingerprint(1)
+    opaque = {"a": [object()]}  # nothing to look into: equal only to itself
+    assert fingerprint(opaque) == fingerprint(opaque) != fingerprint({"a": [object()]})
 
 
 def test_lucid_image_stays_in_the_pixel_box(tiny):

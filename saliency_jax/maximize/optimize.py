@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.batching import padded_batches, static_batch_size
 from saliency_jax.maximize import objectives as _objectives
 from saliency_jax.maximize import transforms as _transforms
+from saliency_jax.maximize.fingerprint import fingerprint
 from saliency_jax.maximize.parameterizations import LucidImage, Pixels
 from saliency_jax.models.model import Model
 
@@ -184,25 +185,20 @@ def maximize(
 # ---- batched, chunked, compiled once ----------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class _Static:
-    """Everything that keys the compilation besides shapes (hashable)."""
+    """Everything that keys the compilation besides shapes, compared by value.
+
+    The optimiser enters by its `fingerprint` (code and captured hyperparameters),
+    so `optax.adam(0.05)` built twice compiles once; the object itself rides along
+    uncompared, to be traced.
+    """
 
     fn: Callable | None  # bare logit function, or None for a Model
-    optimizer: optax.GradientTransformation  # hashed by identity: reuse the object
+    optimizer: optax.GradientTransformation = dataclasses.field(compare=False)
+    optimizer_key: Hashable
     parameterization: Any
     transforms: tuple
     shape: tuple
     constraint: str
-
-    def __hash__(self):
-        return hash((self.fn, id(self.optimizer), self.parameterization, self.transforms, self.shape,
-                     self.constraint))
-
-    def __eq__(self, other):
-        return isinstance(other, _Static) and (
-            self.fn == other.fn and self.optimizer is other.optimizer
-            and self.parameterization == other.parameterization and self.transforms == other.transforms
-            and self.shape == other.shape and self.constraint == other.constraint
-        )
 
 
 def _pieces(model, static: _Static, bounds):
@@ -269,8 +265,9 @@ def visualize(
 
     Args:
       model_or_fn, key, num_steps, optimizer, image_shape, parameterization, transforms,
-        radius, constraint, box: as in `maximize` (radius and box are data: changing them
-        does not recompile; keep the same optimizer object to reuse the compilation).
+        radius, constraint, box: as in `maximize`. Radius and box are data: changing them
+        does not recompile. The optimizer keys the compilation by value (its code and
+        hyperparameters, `fingerprint`): an equal optimizer built again reuses it.
       objective: an `Objective` with a leading target axis of length T on its target leaves
         (e.g. `class_score([130, 285])`), or one target (T = 1).
       chunk_size: targets optimised at once (static); default all. The last chunk is padded.
@@ -286,11 +283,78 @@ def visualize(
       ValueError: non-positive `num_steps`/`radius`/`chunk_size`/`steps_per_call`, an unknown
         class/layer/channel/position, a bad constraint or box. TypeError: bad objective/optimizer.
     """
+    num_steps, chunk_size, segment = _check_counts(num_steps, chunk_size, steps_per_call)
+    _check_optimizer(optimizer)
+    bounds = _check_bounds(radius, constraint, box, parameterization)
+    _check_parameterization(parameterization)
+    transforms = _transforms.check_transforms(transforms)
+    shape = _image_shape(model_or_fn, image_shape)
+    key = _check_key(key)
+    model = _model_or_none(model_or_fn)
+    leaves, treedef, total = _target_leaves(model_or_fn, objective, parameterization, transforms, shape, key)
+    static = _Static(None if model is not None else model_or_fn, optimizer, fingerprint(optimizer),
+                     parameterization, transforms, shape, constraint)
+    if progress is not None:
+        progress(0)  # inputs are valid: a progress bar may open now (the first call compiles)
+    chunks = []
+    for start, stop, chunk in padded_batches(leaves, static_batch_size(total, chunk_size or total)):
+        targets = jax.tree.unflatten(treedef, [jnp.asarray(c) for c in chunk])
+        result = _optimize_chunk(model, targets, key, bounds, static, num_steps=num_steps, segment=segment,
+                                 progress=progress, count=stop - start)
+        chunks.append([np.asarray(r)[: stop - start] for r in result])
+    return Result(*(np.concatenate(parts) for parts in zip(*chunks)))
+
+
+def _target_leaves(model_or_fn, objective, parameterization, transforms, shape, key):
+    """The objective checked against the model, every leaf given the target axis:
+    (host leaves, treedef, number of targets T)."""
+    num_classes, shapes = _output_shapes(model_or_fn, parameterization, transforms, shape, key)
+    _objectives.check_objective(objective, num_classes=num_classes, shapes=shapes)
+    if not jax.tree.leaves(objective):
+        objective = 1.0 * objective  # a leaf to carry the target axis
+    total = _objectives.num_targets(objective) or 1
+    leaves, treedef = jax.tree.flatten(_objectives.broadcast_targets(objective, total))
+    return tuple(np.asarray(leaf) for leaf in leaves), treedef, total
+
+
+def _optimize_chunk(model, objective, key, bounds, static: _Static, *, num_steps: int, segment: int,
+                    progress, count: int) -> Result:
+    """One chunk of targets through all `num_steps`, `segment` steps per compiled call.
+
+    `progress` (if set) hears `count * steps` after each call, once its work is done.
+    """
+    state = _init_many(model, objective, key, bounds, static=static)
+    values, norms = [], []
+    for done in range(0, num_steps, segment):
+        n = min(segment, num_steps - done)
+        state, v, nrm = _run_many(model, objective, state, bounds, static=static, num_steps=n)
+        values.append(v)
+        norms.append(nrm)
+        if progress is not None:
+            jax.block_until_ready(v)  # report finished work, not dispatched work
+            progress(count * n)
+    image = _images_many(state.params, static=static)
+    return Result(image, np.concatenate([np.asarray(v) for v in values], axis=1),
+                  np.concatenate([np.asarray(n) for n in norms], axis=1))
+
+
+# ---- host-side checks ---------------------------------------------------------------------------
+def _check_counts(num_steps, chunk_size, steps_per_call) -> tuple[int, int | None, int]:
+    """(num_steps, chunk_size or None, steps per compiled call), each a positive int."""
     num_steps = _positive_int(num_steps, "num_steps")
     chunk_size = None if chunk_size is None else _positive_int(chunk_size, "chunk_size")
-    segment = num_steps if steps_per_call is None else min(_positive_int(steps_per_call, "steps_per_call"), num_steps)
+    if steps_per_call is None:
+        return num_steps, chunk_size, num_steps
+    return num_steps, chunk_size, min(_positive_int(steps_per_call, "steps_per_call"), num_steps)
+
+
+def _check_optimizer(optimizer) -> None:
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"optimizer must be an optax.GradientTransformation, got {type(optimizer).__name__}")
+
+
+def _check_bounds(radius, constraint: str, box, parameterization) -> tuple:
+    """(radius as float32 or None, box as (low, high) arrays or None) for `_projection`."""
     if constraint not in CONSTRAINTS:
         raise ValueError(f"constraint must be one of {', '.join(CONSTRAINTS)}, got {constraint!r}")
     if radius is not None:
@@ -299,58 +363,30 @@ def visualize(
         radius = jnp.float32(radius)
     if box is not None:
         box = _check_box(box)
-    if (radius is not None or box is not None) and not isinstance(parameterization, Pixels):
+    pixels = isinstance(parameterization, Pixels)
+    if (radius is not None or box is not None) and not pixels:
         raise ValueError("radius and box constrain pixels: use them with Pixels(); LucidImage keeps its own range")
-    if radius is not None and constraint == "sphere" and isinstance(parameterization, Pixels) \
-            and parameterization.init_scale == 0:
+    if radius is not None and constraint == "sphere" and pixels and parameterization.init_scale == 0:
         raise ValueError("the sphere constraint needs a non-zero start: use Pixels(init_scale=...) > 0")
+    return radius, box
+
+
+def _check_parameterization(parameterization) -> None:
     if not isinstance(parameterization, (Pixels, LucidImage)) and not (
         callable(parameterization) and hasattr(parameterization, "init")
     ):
         raise TypeError("parameterization must have init(key, shape) and __call__(params)")
-    transforms = _transforms.check_transforms(transforms)
-    shape = _image_shape(model_or_fn, image_shape)
-    key = _check_key(key)
 
-    model = model_or_fn if isinstance(model_or_fn, Model) else None
-    if model is None and not callable(model_or_fn):
+
+def _model_or_none(model_or_fn) -> Model | None:
+    """The `Model`, or None for a bare logit function (TypeError for anything else)."""
+    if isinstance(model_or_fn, Model):
+        return model_or_fn
+    if not callable(model_or_fn):
         raise TypeError(f"expected a Model or a logit function, got {type(model_or_fn).__name__}")
-    num_classes, shapes = _output_shapes(model_or_fn, parameterization, transforms, shape, key)
-    _objectives.check_objective(objective, num_classes=num_classes, shapes=shapes)
-
-    if not jax.tree.leaves(objective):
-        objective = 1.0 * objective  # a leaf to carry the target axis
-    total = _objectives.num_targets(objective) or 1
-    batched = _objectives.broadcast_targets(objective, total)
-    leaves, treedef = jax.tree.flatten(batched)
-    static = _Static(None if model is not None else model_or_fn, optimizer, parameterization, transforms,
-                     shape, constraint)
-    bounds = (radius, box)
-    size = static_batch_size(total, chunk_size or total)
-    if progress is not None:
-        progress(0)  # inputs are valid: a progress bar may open now (the first call compiles)
-    images, values, norms = [], [], []
-    for start, stop, chunk in padded_batches(tuple(np.asarray(leaf) for leaf in leaves), size):
-        chunk_obj = jax.tree.unflatten(treedef, [jnp.asarray(c) for c in chunk])
-        state = _init_many(model, chunk_obj, key, bounds, static=static)
-        parts = []
-        done = 0
-        while done < num_steps:
-            n = min(segment, num_steps - done)
-            state, v, nrm = _run_many(model, chunk_obj, state, bounds, static=static, num_steps=n)
-            parts.append((v, nrm))
-            done += n
-            if progress is not None:
-                jax.block_until_ready(v)  # report finished work, not dispatched work
-                progress((stop - start) * n)
-        keep = stop - start
-        images.append(np.asarray(_images_many(state.params, static=static))[:keep])
-        values.append(np.concatenate([np.asarray(v) for v, _ in parts], axis=1)[:keep])
-        norms.append(np.concatenate([np.asarray(n) for _, n in parts], axis=1)[:keep])
-    return Result(np.concatenate(images), np.concatenate(values), np.concatenate(norms))
+    return None
 
 
-# ---- host-side checks ---------------------------------------------------------------------------
 def _positive_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")

@@ -10,13 +10,13 @@ Presets (each a function of the model and overrides, returning `visualize` optio
 - "lucid": Olah et al. (2017): Fourier and decorrelated-colour parameterisation in
   the valid pixel range, Lucid's standard random transforms, Adam.
 
-Optimisers are cached per (name, learning rate), so a repeat call with the same
-settings reuses the compiled program.
+`visualize` keys its compilation on the optimiser's value (its code and
+hyperparameters), so a repeat call with the same settings reuses the compiled
+program although `optimizer(name, learning_rate)` builds a new optax object.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -48,9 +48,8 @@ class Visualization(NamedTuple):
     norms: np.ndarray
 
 
-@functools.lru_cache(maxsize=64)
 def optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
-    """A cached optax optimiser: "adam" or "sgd" (momentum 0.9)."""
+    """An optax optimiser: "adam" or "sgd" (momentum 0.9)."""
     if not learning_rate > 0:
         raise ValueError(f"learning rate must be positive, got {learning_rate}")
     if name == "adam":
