@@ -13,7 +13,6 @@ winning images are re-read afterwards (`load_examples`) for the figure.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
@@ -24,6 +23,7 @@ from saliency_jax.batching import static_batch_size
 from saliency_jax.data import NO_LABEL, Example, decode_stream, open_source
 from saliency_jax.features.topk import check_candidates, init_topk, layer_shape, update_topk
 from saliency_jax.models.model import Model
+from saliency_jax.progress import reporter
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,43 +185,10 @@ def top_activations(
     check_candidates(k, total, per_image, (h, w))
     if min_distance < 0:
         raise ValueError(f"min_distance must be >= 0, got {min_distance}")
-    size = static_batch_size(total, batch_size)
-    report, bar = _progress(progress, total)
-    state = init_topk(len(channels), k)
     step = dict(layer=layer, per_image=per_image, min_distance=min_distance)
-    channel_ids = np.asarray(channels, np.int32)
-    pixels, ids, errors, used, previous = [], [], [], 0, None
-
-    def dispatch():
-        nonlocal state, previous
-        fill = size - len(pixels)
-        batch = np.concatenate([np.stack(pixels), np.zeros((fill, *pixels[0].shape), np.uint8)])
-        valid = np.arange(size) < len(pixels)
-        batch_ids = np.asarray(ids + [0] * fill, np.int32)
-        state = update_topk(state, model, model.preprocess(batch), batch_ids, valid, channel_ids, **step)
-        if previous is not None:  # one batch in flight: the host decodes ahead, memory stays bounded
-            jax.block_until_ready(previous)
-        previous = state
-        report(len(pixels))
-        pixels.clear()
-        ids.clear()
-
-    try:
-        for ex in stream_examples(source, model.input_size, workers=workers):
-            if ex.error is not None:
-                errors.append((ex.position, ex.id, ex.error))
-                report(1)
-                continue
-            pixels.append(ex.image)
-            ids.append(ex.position)
-            used += 1
-            if len(pixels) == size:
-                dispatch()
-        if pixels:
-            dispatch()
-    finally:
-        if bar is not None:
-            bar.close()
+    with reporter(progress, total, desc="top activations") as report:
+        state, used, errors = _scan(model, source, channels, k, static_batch_size(total, batch_size), step,
+                                    report=report, workers=workers)
     if used * per_image < k or not np.all(np.isfinite(np.asarray(state.values))):
         skipped = f" ({len(errors)} of {total} images could not be read)" if errors else ""
         raise ValueError(f"k={k} but only {used} usable images{skipped} x per_image={per_image} = "
@@ -232,15 +199,50 @@ def top_activations(
                           (h, w), per_image, used, tuple(errors), source)
 
 
-def _progress(progress, total: int):
-    if progress is True:
-        from tqdm import tqdm
+def _scan(model, source, channels: tuple[int, ...], k: int, size: int, step: dict, *, report, workers):
+    """Streams `source` through `update_topk` in padded batches of `size` images.
 
-        bar = tqdm(total=total, unit="img", desc="top activations", file=sys.stderr, dynamic_ncols=True)
-        return bar.update, bar
-    if callable(progress):
-        return progress, None
-    return (lambda n: None), None
+    One batch stays in flight: the host decodes the next while the device
+    works, and memory stays bounded. Returns (final `TopK` state, images used,
+    [(image id, name, reason)] of the broken ones).
+    """
+    state = init_topk(len(channels), k)
+    channel_ids = np.asarray(channels, np.int32)
+    errors, used, previous = [], 0, None
+    examples = stream_examples(source, model.input_size, workers=workers)
+    for batch in _usable_batches(examples, size, errors, report):
+        pixels, ids, valid = _padded(batch, size)
+        state = update_topk(state, model, model.preprocess(pixels), ids, valid, channel_ids, **step)
+        if previous is not None:
+            jax.block_until_ready(previous)
+        previous = state
+        used += len(batch)
+        report(len(batch))
+    return state, used, errors
+
+
+def _usable_batches(examples: Iterator[Example], size: int, errors: list, report) -> Iterator[list[Example]]:
+    """Lists of up to `size` decoded examples; each broken one goes to `errors` (and `report(1)`)."""
+    batch = []
+    for ex in examples:
+        if ex.error is not None:
+            errors.append((ex.position, ex.id, ex.error))
+            report(1)
+            continue
+        batch.append(ex)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _padded(batch: list[Example], size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 pixels [size,h,w,3] (zeros after the batch), int32 image ids [size], bool valid [size]."""
+    fill = size - len(batch)
+    pixels = np.stack([ex.image for ex in batch] + [np.zeros_like(batch[0].image)] * fill)
+    ids = np.asarray([ex.position for ex in batch] + [0] * fill, np.int32)
+    return pixels, ids, np.arange(size) < len(batch)
 
 
 def result_table(result: TopActivations, windows: np.ndarray, names: dict[int, str],
