@@ -12,6 +12,7 @@ checked here, in Python integers, against what the file actually holds:
   `view_factor` times the storage bytes present, plus `view_slack`. A tensor
   may be a view (shared storage, stride 0) but is always copied out, so a
   stride-0 "expand" loads only when its copy fits this budget;
+* zip records (`read_zip_record`) are checked against these before inflating;
 * pickles: at most `max_ops` opcodes, `max_memo` memo entries, containers
   nested `max_depth` deep, and `max_pickle_bytes` bytes.
 
@@ -22,8 +23,9 @@ percent of them) and tight for bombs.
 from __future__ import annotations
 
 import dataclasses
+import zipfile
 
-from saliency_jax.checkpoints.errors import CheckpointError
+from saliency_jax.checkpoints.errors import CheckpointError, describe
 
 MiB, GiB = 2**20, 2**30
 
@@ -81,3 +83,18 @@ def check_inflation(budget: Budget, declared: int, stored: int, item: str) -> No
             f"{item} declares {size_text(declared)} from {size_text(stored)} stored "
             f"(more than {budget.max_ratio}x: a decompression bomb?)"
         )
+
+
+def read_zip_record(archive: zipfile.ZipFile, name: str, budget: Budget, meter: Meter,
+                    limit: int | None = None) -> bytes:
+    """A zip record's bytes, after checking its declared size (ratio, `meter`, `limit`) before inflating."""
+    info = archive.getinfo(name)
+    what = f"zip record {describe(name)}"
+    if limit is not None and info.file_size > limit:
+        raise CheckpointError(f"{what} declares {size_text(info.file_size)}, over {size_text(limit)}")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise CheckpointError(f"{what} uses compression method {info.compress_type} (only stored and deflate)")
+    check_inflation(budget, info.file_size, info.compress_size, what)
+    meter.charge(info.file_size, what)
+    with archive.open(info) as record:  # read(n) inflates at most n bytes, and n is the checked size
+        return record.read(info.file_size)

@@ -1,9 +1,12 @@
 """Checking a checkpoint against the layout a converter expects, with one clear error.
 
-A converter reads every tensor through a `TensorReader`, naming the shape it
-expects. Missing tensors, wrong shapes and (at `finish`) tensors nobody read
-are collected, so one `CheckpointError` lists the first few of each instead of
-failing on the first `KeyError`.
+A converter first hands a `TensorReader` every name and shape it will read
+(`expect`, shapes from `jax.eval_shape` of the architecture, so nothing is
+allocated), which refuses a mismatched checkpoint before any conversion work;
+then it reads every tensor through the reader, naming the shape it expects.
+Missing tensors, wrong shapes and tensors nobody read are collected, so one
+`CheckpointError` lists the first few of each instead of failing on the first
+`KeyError`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class TensorReader:
 
     Example:
       >>> get = TensorReader(state_dict, "vgg16")
+      >>> get.expect({"features.0.weight": (64, 3, 3, 3)})  # raises now if that is not all
       >>> w = get("features.0.weight", (64, 3, 3, 3))
       >>> get.finish()  # raises CheckpointError listing every mismatch seen
     """
@@ -40,10 +44,27 @@ class TensorReader:
         self.wrong: list[str] = []
         self.used: set[str] = set()
 
-    def dim(self, key: str, axis: int, default: int) -> int:
-        """The size of `key`'s axis `axis` if present (to infer e.g. the class count), else `default`."""
+    def dim(self, key: str, axis: int, default: int, ndim: int | None = None) -> int:
+        """The size of `key`'s axis `axis` (to infer e.g. the class count), else `default`.
+
+        Only a present tensor of rank `ndim` (if given) whose axis is non-empty counts; anything
+        else gives `default`, and `expect` then reports the misshapen tensor.
+        """
         shape = np.shape(self.tensors[key]) if key in self.tensors else ()
-        return int(shape[axis]) if len(shape) > max(axis, -axis - 1) else default
+        if (ndim is not None and len(shape) != ndim) or len(shape) <= max(axis, -axis - 1):
+            return default
+        return int(shape[axis]) or default
+
+    def expect(self, shapes: Mapping[str, tuple[int, ...]]) -> None:
+        """Checks names and shapes only (nothing is read or allocated): raises unless `shapes` is
+        exactly what the checkpoint holds (bookkeeping tensors aside)."""
+        for key, shape in shapes.items():
+            if key not in self.tensors:
+                self.missing.append(key)
+            elif np.shape(self.tensors[key]) != tuple(shape):
+                self.wrong.append(f"shape of {key} is {np.shape(self.tensors[key])}, expected {tuple(shape)}")
+        self.used.update(shapes)
+        self.finish()
 
     def __call__(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         """The tensor `key` as float64 [shape]; zeros (and a recorded mismatch) if absent or misshapen."""

@@ -113,6 +113,28 @@ def _source_names(variant: str, s: int, b: int, i: int) -> tuple[str, str]:
     return f"layer{s}.{b}.conv{i}", f"layer{s}.{b}.bn{i}"
 
 
+def _conv_bn_shapes(names: tuple[str, str], kernel_shape: tuple[int, ...], variant: str) -> dict:
+    """{checkpoint name: shape} of one conv (bias only in Keras) and its BatchNorm."""
+    conv = cv.layer_shapes(names[0], kernel_shape, variant, bias=variant == "keras")
+    return {**conv, **cv.batch_norm_shapes(names[1], kernel_shape[-1], variant)}
+
+
+def _spec(get: TensorReader, variant: str) -> tuple[Config, dict]:
+    """(Config, {checkpoint name: shape} in `convert`'s reading order); the class count comes from
+    the checkpoint's 1-D fc bias, the shapes from `jax.eval_shape` of the ResNet50 so configured."""
+    keras = variant == "keras"
+    fc = "predictions" if keras else "fc"
+    config = Config(get.dim(f"{fc}{'/' if keras else '.'}bias", 0, 1000, ndim=1), stride_in_3x3=not keras)
+    params = cv.param_shapes(ResNet50(config), 64)
+    stem = ("conv1_conv", "conv1_bn") if keras else ("conv1", "bn1")
+    shapes = _conv_bn_shapes(stem, params["stem_conv"]["kernel"], variant)
+    for s, b, *_ in _blocks():
+        for i in (1, 2, 3, 0) if b == 0 else (1, 2, 3):
+            kernel = params[f"block{s}_{b}"]["downsample" if i == 0 else f"conv{i}"]["kernel"]
+            shapes.update(_conv_bn_shapes(_source_names(variant, s, b, i), kernel, variant))
+    return config, {**shapes, **cv.layer_shapes(fc, params["fc"]["kernel"], variant)}
+
+
 def convert(tensors: Mapping[str, np.ndarray], variant: str, dtype=np.float32) -> dict:
     """Maps a torchvision/timm or Keras ResNet50 checkpoint to `ResNet50` params (pure dict -> dict).
 
@@ -122,10 +144,12 @@ def convert(tensors: Mapping[str, np.ndarray], variant: str, dtype=np.float32) -
       dtype: param dtype.
 
     BN is folded in float64. The class count comes from the checkpoint. Raises
-    CheckpointError listing missing, unexpected and misshapen tensors.
+    CheckpointError listing missing, unexpected and misshapen tensors, before converting any.
     """
     cv.check_variant(variant)
     get = TensorReader(tensors, f"resnet50 ({variant} layout)")
+    config, shapes = _spec(get, variant)
+    get.expect(shapes)
     keras = variant == "keras"
 
     def conv_bn(names, cin, cout, k):
@@ -145,8 +169,7 @@ def convert(tensors: Mapping[str, np.ndarray], variant: str, dtype=np.float32) -
             block[scope] = cv.as_params(*conv_bn(_source_names(variant, s, b, i), ci, co, k), dtype)
         params[f"block{s}_{b}"] = block
     fc = "predictions" if keras else "fc"
-    classes = get.dim(f"{fc}{'/' if keras else '.'}bias", 0, 1000)
-    params["fc"] = cv.as_params(*cv.dense(get, fc, variant, 2048, classes), dtype)
+    params["fc"] = cv.as_params(*cv.dense(get, fc, variant, 2048, config.num_classes), dtype)
     get.finish()
     return params
 

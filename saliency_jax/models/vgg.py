@@ -105,6 +105,29 @@ def _source_names(variant: str) -> tuple[list[str], tuple[str, str, str]]:
     return convs, ("classifier.0", "classifier.3", "classifier.6")
 
 
+_CONV_SCOPES = tuple(f"block{b}_conv{j}" for b, w in enumerate(BLOCKS, 1) for j in range(1, len(w) + 1))
+
+
+def _spec(get: TensorReader, variant: str) -> tuple[Config, int, dict]:
+    """(Config, input side, {checkpoint name: shape}) for the head sizes the checkpoint declares.
+
+    The class count and fc width come from 1-D biases and the Keras input side from fc6's rows
+    (`TensorReader.dim`); the shapes from `jax.eval_shape` of the VGG16 so configured.
+    """
+    convs, (fc6, fc7, fc8) = _source_names(variant)
+    sep = "/" if variant == "keras" else "."
+    hidden = get.dim(f"{fc6}{sep}bias", 0, 4096, ndim=1)
+    config = Config(get.dim(f"{fc8}{sep}bias", 0, 1000, ndim=1), hidden, adaptive_pool=variant == "torchvision")
+    side = 224
+    if variant == "keras":  # plain flatten of [s,s,512]: rows = 512 s^2, input side 32 s
+        side = 32 * max(1, round(math.sqrt(get.dim(f"{fc6}/kernel", 0, 512 * 49, ndim=2) / 512)))
+    params = cv.param_shapes(VGG16(config), side)
+    shapes = {}
+    for scope, name in zip((*_CONV_SCOPES, "fc1", "fc2", "predictions"), (*convs, fc6, fc7, fc8)):
+        shapes.update(cv.layer_shapes(name, params[scope]["kernel"], variant))
+    return config, side, shapes
+
+
 def convert(tensors: Mapping[str, np.ndarray], variant: str, dtype=np.float32) -> dict:
     """Maps a torchvision or Keras VGG16 checkpoint to `VGG16` params (pure dict -> dict).
 
@@ -115,25 +138,23 @@ def convert(tensors: Mapping[str, np.ndarray], variant: str, dtype=np.float32) -
 
     The class count and fc width come from the checkpoint (fine-tuned heads load);
     a Keras fc1 fixes the input size (`input_size`). Raises CheckpointError
-    listing missing, unexpected and misshapen tensors.
+    listing missing, unexpected and misshapen tensors, before converting any.
     """
     cv.check_variant(variant)
     get = TensorReader(tensors, f"vgg16 ({variant} layout)")
+    config, side, shapes = _spec(get, variant)
+    get.expect(shapes)
     convs, (fc6, fc7, fc8) = _source_names(variant)
-    sep = "/" if variant == "keras" else "."
     params, cin = {}, 3
-    scopes = [f"block{b}_conv{j}" for b, w in enumerate(BLOCKS, 1) for j in range(1, len(w) + 1)]
-    for scope, name, cout in zip(scopes, convs, [w for ws in BLOCKS for w in ws]):
+    for scope, name, cout in zip(_CONV_SCOPES, convs, [w for ws in BLOCKS for w in ws]):
         kernel, bias = cv.conv(get, name, variant, cin, cout, 3)
         if variant == "keras" and cin == 3:
             kernel = cv.flip_input_channels(kernel)
         params[scope] = cv.as_params(kernel, bias, dtype)
         cin = cout
-    hidden = get.dim(f"{fc6}{sep}bias", 0, 4096)
-    classes = get.dim(f"{fc8}{sep}bias", 0, 1000)
-    if variant == "keras":  # plain flatten of [s,s,512]: rows = 512 s^2
-        side = max(1, round(math.sqrt(get.dim(f"{fc6}/kernel", 0, 512 * 49) / 512)))
-        params["fc1"] = cv.as_params(*cv.dense(get, fc6, variant, 512 * side * side, hidden), dtype)
+    hidden, classes = config.hidden, config.num_classes
+    if variant == "keras":
+        params["fc1"] = cv.as_params(*cv.dense(get, fc6, variant, 512 * (side // 32) ** 2, hidden), dtype)
     else:  # torchvision flattens [512,7,7] as (c,h,w); ours is (h,w,c)
         kernel, bias = cv.dense(get, fc6, variant, 512 * POOL_SIZE[0] * POOL_SIZE[1], hidden)
         kernel = kernel.reshape(512, *POOL_SIZE, hidden).transpose(1, 2, 0, 3).reshape(-1, hidden)
