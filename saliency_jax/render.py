@@ -36,6 +36,7 @@ import math
 import os
 import pathlib
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -262,6 +263,25 @@ def montage(
       ValueError: no images, a bad image, ``labels`` of the wrong length, or a
         bad ``cols``/``pad``/``background``.
     """
+    tiles = _tiles(images)
+    cols = _check_layout(len(tiles), cols, pad, labels)
+    fill = _background(background)
+    font = ImageFont.load_default() if labels is not None else None
+    grid = _Grid.around(tiles, cols, pad, font)
+    canvas = np.empty((grid.height, grid.width, 3), np.uint8)
+    canvas[:] = fill
+    for i, tile in enumerate(tiles):
+        y, x = grid.cell(i)
+        y += (grid.cell_h - tile.shape[0]) // 2
+        x += (grid.cell_w - tile.shape[1]) // 2
+        canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+    if labels is None:
+        return canvas
+    return _caption(canvas, labels, grid, font, ink=(0, 0, 0) if fill.astype(int).mean() >= 128 else (255,) * 3)
+
+
+def _tiles(images) -> list[np.ndarray]:
+    """``montage``'s images as ``uint8 [H,W,3]`` tiles (grayscale repeated), each checked."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         images = list(images)
     if not isinstance(images, Sequence) or isinstance(images, (str, bytes)) or not images:
@@ -272,52 +292,66 @@ def montage(
         if array.ndim == 2 and array.dtype == np.uint8:
             array = np.repeat(array[:, :, None], 3, axis=2)
         tiles.append(_rgb(array, f"montage: images[{i}]"))
-    n = len(tiles)
+    return tiles
+
+
+def _check_layout(n: int, cols, pad, labels) -> int:
+    """The number of columns (default ``ceil(sqrt(n))``, at most ``n``); ValueError for a bad layout."""
     if cols is None:
         cols = math.ceil(math.sqrt(n))
     if isinstance(cols, bool) or not isinstance(cols, (int, np.integer)) or cols < 1:
         raise ValueError(f"montage: cols must be a positive int or None, got {cols!r}")
     if isinstance(pad, bool) or not isinstance(pad, (int, np.integer)) or pad < 0:
         raise ValueError(f"montage: pad must be an int >= 0, got {pad!r}")
-    if labels is not None:
-        if isinstance(labels, str) or len(labels) != n:
-            got = "a string" if isinstance(labels, str) else f"{len(labels)} labels"
-            raise ValueError(f"montage: expected one label per image ({n}), got {got}")
-    fill = _background(background)
-    cols = min(int(cols), n)
-    rows = math.ceil(n / cols)
-    cell_h = max(t.shape[0] for t in tiles)
-    cell_w = max(t.shape[1] for t in tiles)
+    if labels is not None and (isinstance(labels, str) or len(labels) != n):
+        got = "a string" if isinstance(labels, str) else f"{len(labels)} labels"
+        raise ValueError(f"montage: expected one label per image ({n}), got {got}")
+    return min(int(cols), n)
 
-    font = text_h = None
-    if labels is not None:
-        font = ImageFont.load_default()
-        left, top, right, bottom = font.getbbox("Ag")
-        text_h = int(bottom) + pad  # from the baseline origin, so descenders fit
-    strip = text_h or 0
 
-    height = rows * (cell_h + strip) + (rows + 1) * pad
-    width = cols * cell_w + (cols + 1) * pad
-    canvas = np.empty((height, width, 3), np.uint8)
-    canvas[:] = fill
-    for i, tile in enumerate(tiles):
-        row, col = divmod(i, cols)
-        y = pad + row * (cell_h + strip + pad) + (cell_h - tile.shape[0]) // 2
-        x = pad + col * (cell_w + pad) + (cell_w - tile.shape[1]) // 2
-        canvas[y : y + tile.shape[0], x : x + tile.shape[1]] = tile
+class _Grid(NamedTuple):
+    """``montage``'s layout: ``rows x cols`` cells of ``cell_h x cell_w``, a caption strip under
+    each row (``strip`` pixels, 0 without labels), ``pad`` between and around the cells."""
 
-    if labels is None:
-        return canvas
+    rows: int
+    cols: int
+    cell_h: int
+    cell_w: int
+    strip: int
+    pad: int
+
+    @classmethod
+    def around(cls, tiles, cols: int, pad: int, font) -> "_Grid":
+        """Cells as large as the largest tile; a strip of one text line of ``font`` (if any) plus ``pad``."""
+        strip = 0
+        if font is not None:
+            strip = int(font.getbbox("Ag")[3]) + pad  # from the baseline origin, so descenders fit
+        return cls(math.ceil(len(tiles) / cols), cols, max(t.shape[0] for t in tiles),
+                   max(t.shape[1] for t in tiles), strip, pad)
+
+    @property
+    def height(self) -> int:
+        return self.rows * (self.cell_h + self.strip) + (self.rows + 1) * self.pad
+
+    @property
+    def width(self) -> int:
+        return self.cols * self.cell_w + (self.cols + 1) * self.pad
+
+    def cell(self, i: int) -> tuple[int, int]:
+        """(y, x) of the top-left corner of cell ``i`` (row by row)."""
+        row, col = divmod(i, self.cols)
+        return self.pad + row * (self.cell_h + self.strip + self.pad), self.pad + col * (self.cell_w + self.pad)
+
+
+def _caption(canvas: np.ndarray, labels, grid: _Grid, font, *, ink) -> np.ndarray:
+    """``canvas`` with each label centred in the strip under its cell (shortened to fit)."""
     picture = Image.fromarray(canvas)
     draw = ImageDraw.Draw(picture)
-    ink = (0, 0, 0) if fill.astype(int).mean() >= 128 else (255, 255, 255)
     for i, label in enumerate(labels):
-        row, col = divmod(i, cols)
-        text = _fit(str(label), draw, font, cell_w)
-        x0 = pad + col * (cell_w + pad)
-        y0 = pad + row * (cell_h + strip + pad) + cell_h + pad // 2
-        x = x0 + (cell_w - draw.textlength(text, font=font)) / 2
-        draw.text((x, y0), text, fill=ink, font=font)
+        text = _fit(str(label), draw, font, grid.cell_w)
+        y0, x0 = grid.cell(i)
+        x = x0 + (grid.cell_w - draw.textlength(text, font=font)) / 2
+        draw.text((x, y0 + grid.cell_h + grid.pad // 2), text, fill=ink, font=font)
     return np.asarray(picture).copy()
 
 
