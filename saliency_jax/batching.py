@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -33,9 +35,9 @@ def padded_batches(arrays: tuple, batch_size: int, *, exact: bool = False) -> It
         chunk = []
         for a in arrays:
             part = a[start:stop]
-            if stop - start < size:
-                fill = np.repeat(np.asarray(part[-1:]), size - (stop - start), axis=0)
-                part = np.concatenate([np.asarray(part), fill])
+            if stop - start < size:  # pad where the array lives (device arrays stay on the device)
+                xp = jnp if isinstance(part, jax.Array) else np
+                part = xp.concatenate([part, xp.repeat(part[-1:], size - (stop - start), axis=0)])
             chunk.append(part)
         yield start, stop, tuple(chunk)
 

@@ -280,5 +280,5 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert err[-1].startswith("saliency-jax: error: output folder") and "not writable" in err[-1]
     assert cli.main(["batch", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert cli.main(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--steps", "5"]) == 1
-    assert "method 'vanilla' takes none of: num_steps" in capsys.readouterr().err
+    assert cli.main(["batch", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--steps", "5"]) == 2
+    assert capsys.readouterr().err == "saliency-jax batch: error: --steps does not apply to vanilla\n"

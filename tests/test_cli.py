@@ -148,6 +148,18 @@ def test_explain_usage_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["--method", "vanilla", "--samples", "3"], "--samples does not apply to vanilla"),
+    (["--method", "vanilla,gradcam", "--steps", "3"], "--steps does not apply to vanilla, gradcam"),
+    (["--method", "ig", "--quadrature", "simpson"], "unknown integration rule 'simpson'; choose one of midpoint"),
+    (["--method", "smoothgrad", "--layer", "head"], "--layer does not apply to smoothgrad"),
+])
+def test_explain_an_option_that_does_not_apply_is_a_one_line_usage_error(photos, argv, message, capsys):
+    assert cli.main(["explain", photos["coffee"], *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("saliency-jax explain: error: ") and message in err and err.count("\n") == 1
+
+
 def test_explain_out_of_range_target_is_one_line(photos, tmp_path, capsys):
     assert cli.main(["explain", photos["coffee"], "--target", "1000", "--out", str(tmp_path)]) == 1
     assert capsys.readouterr().err.strip() == (

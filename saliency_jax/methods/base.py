@@ -83,7 +83,7 @@ class Method:
     def check(self, model, image_shape: tuple) -> None:
         """Host-side checks of the options against a model and an image shape [H,W,C] (ValueError)."""
         if self.needs_layers and not is_model(model):
-            raise ValueError(f"method {self.label} needs a Model with named layers, not a bare logit function")
+            raise ValueError(f"method {self.label!r} needs a Model with named layers, not a bare logit function")
 
     def prepare(self, model, image_shape: tuple, *, images_per_call: int) -> "Method":
         """The value to compile: checked, defaults that depend on the call resolved (chunk size, layer).

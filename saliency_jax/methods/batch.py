@@ -56,7 +56,7 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
     if fn is not None and not callable(fn):
         raise TypeError(f"expected a Model or a logit function, got {type(fn).__name__}")
     if method.needs_key and key is None:
-        raise ValueError(f"method {method.label} is random: pass key=jax.random.key(seed)")
+        raise ValueError(f"method {method.label!r} is random: pass key=jax.random.key(seed)")
     batch_size = optional_positive_int("batch_size", batch_size)
     x = check_images(x, channels=3, name=model.name) if model is not None else check_images(x)
     images_per_call = len(x) if batch_size is None else batch_size
@@ -111,7 +111,7 @@ def _with_baseline(method: Method, baseline, batch_shape):
     if "baseline" not in method.per_image:
         users = [n for n in available_methods() if "baseline" in option_names(n)]
         raise ValueError(f"baseline is only used by methods with a baseline ({', '.join(users)}), "
-                         f"not {method.label}")
+                         f"not {method.label!r}")
     if np.ndim(baseline) == len(batch_shape):
         return method, {**per_image, "baseline": _per_image("baseline", baseline, batch_shape)}
     return method.with_values(baseline=jnp.asarray(baseline, jnp.float32)), per_image
@@ -127,7 +127,7 @@ def _per_image(name: str, value, batch_shape):
 def _check_targets(method: Method, targets, model, fn, x):
     if isinstance(targets, UnitTarget):
         if method.class_only:
-            raise ValueError(f"method {method.label} explains a class score; unit targets work with the "
+            raise ValueError(f"method {method.label!r} explains a class score; unit targets work with the "
                              "gradient methods (vanilla, guided, smoothgrad, ig, ...)")
         return check_unit_target(targets, model, x.shape[1:], len(x))
     num_classes = model.num_classes if model is not None else _num_classes(fn, x[0])

@@ -85,7 +85,7 @@ class LayerMethod(Method):
 
 def _model(method: Method, model):
     if not is_model(model):
-        raise ValueError(f"method {method.label} needs a Model with named layers, not a bare logit function")
+        raise ValueError(f"method {method.label!r} needs a Model with named layers, not a bare logit function")
     return model
 
 
