@@ -42,9 +42,8 @@ def run_demo(
       classes: classes to draw class models for.
       log: progress messages.
     """
-    from saliency_jax import images, load_model, maps, render
-    from saliency_jax.methods import attribute, available_methods, get, option_names
-    from saliency_jax.maximize import class_model
+    from saliency_jax import images, load_model, render
+    from saliency_jax.methods import available_methods
 
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -58,9 +57,32 @@ def run_demo(
     log(f"[1/5] predicting {len(photos)} bundled photos with {model_name}")
     top5 = model.predict(photos, top=5)
     targets = np.array([t[0][0] for t in top5], np.int32)
-    x = model.preprocess(photos)
+    for name, photo in zip(names, photos):
+        render.save_png(out / f"{name}.png", photo)
 
     log(f"[2/5] saliency maps: {', '.join(methods)}")
+    sal = _saliency_maps(model, names, photos, targets, methods, out, quick=quick)
+
+    log(f"[3/5] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2)")
+    check = _class_models(model, classes, out, quick=quick)
+
+    log("[4/5] weakly supervised localisation (saliency-seeded GrabCut)")
+    boxes, localize_note = _localization_boxes(model, names, photos, targets, sal, out)
+
+    log(f"[5/5] what {FEATURE_LAYER}'s strongest channels respond to (deconvnet projections, Zeiler & Fergus)")
+    channels = _feature_grids(model, photos, out, quick=quick)
+
+    index = out / "index.html"
+    index.write_text(_page(model, names, top5, methods, classes, check, boxes, localize_note, channels))
+    return index
+
+
+def _saliency_maps(model, names, photos, targets, methods, out: pathlib.Path, *, quick: bool) -> dict:
+    """Writes <photo>_<method>.png and its overlay for every method; returns {method: maps [N,H,W]}."""
+    from saliency_jax import maps, render
+    from saliency_jax.methods import attribute, get, option_names
+
+    x = model.preprocess(photos)
     sal = {}
     for method in methods:
         opts = {"num_samples": 4, "num_steps": 8} if quick else {}
@@ -70,34 +92,38 @@ def run_demo(
         for name, photo, s in zip(names, photos, sal[method]):
             render.save_png(out / f"{name}_{method}.png", render.colorize(s, size=photo.shape[:2]))
             render.save_png(out / f"{name}_{method}_overlay.png", render.overlay(photo, s))
-    for name, photo in zip(names, photos):
-        render.save_png(out / f"{name}.png", photo)
+    return sal
 
-    log(f"[3/5] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2)")
+
+def _class_models(model, classes, out: pathlib.Path, *, quick: bool) -> list:
+    """Writes class_model_<c>.png (the paper preset); returns the model's top-1 on each image."""
+    from saliency_jax import render
+    from saliency_jax.maximize import class_model
+
     vis = class_model(model, list(classes), **({"num_steps": 5} if quick else {}))
-    check = model.predict(list(vis.pixels), top=1)
     for c, pixels in zip(classes, vis.pixels):
         render.save_png(out / f"class_model_{c}.png", pixels)
+    return model.predict(list(vis.pixels), top=1)
 
-    log("[4/5] weakly supervised localisation (saliency-seeded GrabCut)")
-    boxes, localize_note = {}, ""
+
+def _localization_boxes(model, names, photos, targets, sal: dict, out: pathlib.Path) -> tuple[dict, str]:
+    """Writes <photo>_box.png seeded by each of `LOCALIZE_SEEDS`' maps; returns
+    ({photo: {method: box}}, "" or why localisation was skipped: OpenCV missing)."""
+    from saliency_jax import render
+
     try:
-        from saliency_jax.localize import draw_boxes, localize
+        from saliency_jax.localize import draw_boxes, import_cv2, localize
 
-        seeded_by = [m for m in LOCALIZE_SEEDS if m in sal]
-        for i, (name, photo, t) in enumerate(zip(names, photos, targets)):
-            boxes[name] = {m: localize(photo, sal[m][i]).box for m in seeded_by}
-            labels = [f"{model.labels[t]} ({m})" for m in seeded_by]
-            render.save_png(out / f"{name}_box.png", draw_boxes(photo, list(boxes[name].values()), labels))
+        import_cv2()
     except ImportError as err:
-        localize_note = str(err)
-
-    log(f"[5/5] what {FEATURE_LAYER}'s strongest channels respond to (deconvnet projections, Zeiler & Fergus)")
-    channels = _feature_grids(model, photos, out, quick=quick)
-
-    index = out / "index.html"
-    index.write_text(_page(model, names, top5, methods, classes, check, boxes, localize_note, channels))
-    return index
+        return {}, str(err)
+    boxes = {}
+    seeded_by = [m for m in LOCALIZE_SEEDS if m in sal]
+    for i, (name, photo, t) in enumerate(zip(names, photos, targets)):
+        boxes[name] = {m: localize(photo, sal[m][i]).box for m in seeded_by}
+        labels = [f"{model.labels[t]} ({m})" for m in seeded_by]
+        render.save_png(out / f"{name}_box.png", draw_boxes(photo, list(boxes[name].values()), labels))
+    return boxes, ""
 
 
 def _feature_grids(model, photos, out: pathlib.Path, *, quick: bool) -> list[int]:
