@@ -277,3 +277,17 @@ def test_describe_is_json_ready():
     text = json.dumps(record)
     assert record["method"] == "smoothgrad" and record["options"]["base"]["method"] == "ig"
     assert re.search(r'"baseline": "array\[2, 2, 3\]:float64"', text)
+
+
+def test_the_readme_write_your_own_method_example_runs(tiny, x):
+    import pathlib
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split("<!-- tested: tests/test_methods.py runs this block -->\n```python\n", 1)[1]
+    code = block.split("```", 1)[0]
+    assert 5 <= len(code.strip().splitlines()) <= 15
+    namespace = {"jax": jax, "jnp": jnp, "saliency_jax": saliency_jax, "model": tiny, "x": x}
+    exec(compile(code, "README.md", "exec"), namespace)
+    grad = saliency_jax.attribute(tiny, x, "top1")
+    contrast = jnp.abs(x - jnp.mean(x, axis=(1, 2), keepdims=True))
+    np.testing.assert_allclose(namespace["maps"], jnp.abs(grad) * contrast**2, rtol=1e-5, atol=1e-7)
