@@ -1,6 +1,7 @@
 """Backward rules as function transforms: hand-computed maps, coverage counts, composition."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -309,3 +310,26 @@ def test_pretrained_model_every_relu6_is_reached(model, skimage_images):
     # As saliency maps (max |.| over channels, as in the paper) guided backprop sees what the gradient sees.
     p, g = (np.abs(m).max(-1).ravel() for m in (plain, guided))
     assert np.corrcoef(p, g)[0, 1] > 0.05
+
+
+# ---- a rule that cannot be honoured is refused, never a silent plain gradient -------------------
+@pytest.mark.parametrize("act,found", [
+    (jax.nn.gelu, "tanh"),
+    (lambda h: jax.nn.gelu(h, approximate=False), "erfc (e.g. exact gelu)"),
+    (jax.nn.leaky_relu, "where/select"),
+    (lambda h: jnp.where(h > 0, h, 0.0), "where/select"),
+    (jnp.tanh, "tanh"),
+])
+@pytest.mark.parametrize("method", ["guided", "deconvnet", "guided_smoothgrad"])
+def test_rules_refuse_a_function_without_relu_sites(act, found, method):
+    import saliency_jax
+
+    w = jnp.linspace(-1.0, 1.0, 4 * 4 * 3 * 2).reshape(4, 4, 3, 2)
+    f = lambda x: jnp.einsum("hwc,hwck->k", act(x), w)  # noqa: E731
+    what = {"guided": "guided backprop", "deconvnet": "deconvnet", "guided_smoothgrad": "guided backprop"}[method]
+    with pytest.raises(ValueError, match=rf"^{what} needs ReLU-family nonlinearities .*this function has none "
+                                         rf"\(found: .*{re.escape(found)}"):
+        saliency_jax.attribute(f, jnp.ones((1, 4, 4, 3)), 0, method=method, key=jax.random.key(0))
+    relu_f = lambda x: jnp.einsum("hwc,hwck->k", jax.nn.relu(x), w)  # noqa: E731
+    assert saliency_jax.attribute(relu_f, jnp.ones((1, 4, 4, 3)), 0, method=method,
+                                  key=jax.random.key(0)).shape == (1, 4, 4, 3)

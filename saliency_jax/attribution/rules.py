@@ -325,6 +325,46 @@ def _rewrite(fn: Callable, rule: str) -> Callable:
     return wrapped
 
 
+# Primitives a network's nonlinearity may be spelled with, by what to call them in a message.
+_NONLINEARITIES = {
+    "tanh": "tanh", "logistic": "sigmoid", "erf": "erf (e.g. exact gelu)", "erfc": "erfc (e.g. exact gelu)", "exp": "exp", "log": "log",
+    "log1p": "log1p", "select_n": "where/select (e.g. leaky_relu, a where-spelled relu)", "max": "max (not with 0)",
+    "min": "min", "abs": "abs", "sign": "sign", "integer_pow": "power", "pow": "power", "sqrt": "sqrt",
+    "rsqrt": "rsqrt", "sin": "sin", "cos": "cos", "clamp": "clamp (not at 0)",
+}
+
+
+def _primitive_names(jaxpr: jex.Jaxpr, names: set) -> set:
+    for eqn in jaxpr.eqns:
+        names.add(eqn.primitive.name)
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, (jex.ClosedJaxpr, jex.Jaxpr)):
+                    _primitive_names(_closed(sub)[0], names)
+    return names
+
+
+def nonlinearities(fn: Callable, *args, **kwargs) -> tuple[str, ...]:
+    """Names of the nonlinear operations in `fn`'s traced program (for messages), sorted."""
+    closed, _, _ = _trace(fn, args, kwargs)
+    found = _primitive_names(closed.jaxpr, set())
+    return tuple(sorted({_NONLINEARITIES[n] for n in found if n in _NONLINEARITIES}))
+
+
+def require_relus(fn: Callable, *args, what: str = "this rule") -> int:
+    """The number of ReLU sites of `fn` at these (abstract) arguments; ValueError naming what it has if none.
+
+    A backward rule on a function without a ReLU site would silently return the
+    plain gradient; this refuses instead.
+    """
+    n = count_relus(fn, *args)
+    if n == 0:
+        found = ", ".join(nonlinearities(fn, *args)) or "no nonlinearity at all"
+        raise ValueError(f"{what} needs ReLU-family nonlinearities (relu, relu6, max(x, 0), clip(x, 0, hi)); "
+                         f"this function has none (found: {found})")
+    return n
+
+
 def deconvnet(fn: Callable) -> Callable:
     """`backward_rule(fn, "deconvnet")`: a ReLU passes back `max(g, 0)` (Zeiler & Fergus 2014)."""
     return backward_rule(fn, "deconvnet")
@@ -349,4 +389,5 @@ def count_relus(fn: Callable, *args, **kwargs) -> int:
     return _count(closed.jaxpr, closed.consts, [False] * len(flat))
 
 
-__all__ = ["RULES", "Rule", "backward_rule", "count_relus", "deconvnet", "guided_backprop"]
+__all__ = ["RULES", "Rule", "backward_rule", "count_relus", "deconvnet", "guided_backprop", "nonlinearities",
+           "require_relus"]

@@ -9,15 +9,38 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
+
 from saliency_jax.attribution.gradients import class_gradient
-from saliency_jax.attribution.rules import backward_rule
-from saliency_jax.methods.base import Method, logit_fn_of, register
+from saliency_jax.attribution.rules import backward_rule, require_relus
+from saliency_jax.methods.base import Method, is_model, logit_fn_of, register
+from saliency_jax.models.inspect import architecture_key
+
+
+def check_rule_sites(model, image_shape, *, what: str) -> None:
+    """ValueError (naming the nonlinearities found) if `model` has no ReLU site for a backward rule.
+
+    Traced once per architecture (a `Model`) or function and image shape; cached.
+    """
+    key = (architecture_key(model) if is_model(model) else model, tuple(image_shape))
+    if key not in _CHECKED:
+        example = jax.ShapeDtypeStruct(tuple(image_shape), jnp.float32)
+        require_relus(logit_fn_of(model), example, what=what)
+        _CHECKED.add(key)
+
+
+_CHECKED: set = set()
 
 
 @register("deconvnet")
 @dataclasses.dataclass(frozen=True)
 class Deconvnet(Method):
     """The deconvnet reconstruction of the class score (paper Sec. 4)."""
+
+    def check(self, model, image_shape):
+        super().check(model, image_shape)
+        check_rule_sites(model, image_shape, what="deconvnet")
 
     def explain(self, model, x, target, *, key=None):
         return class_gradient(backward_rule(logit_fn_of(model), "deconvnet"), x, target)
@@ -27,6 +50,10 @@ class Deconvnet(Method):
 @dataclasses.dataclass(frozen=True)
 class GuidedBackprop(Method):
     """Guided backprop of the class score."""
+
+    def check(self, model, image_shape):
+        super().check(model, image_shape)
+        check_rule_sites(model, image_shape, what="guided backprop")
 
     def explain(self, model, x, target, *, key=None):
         return class_gradient(backward_rule(logit_fn_of(model), "guided"), x, target)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from saliency_jax.attribution.gradients import TOP1, class_gradient
 from saliency_jax.attribution.rules import guided_backprop
+from saliency_jax.methods.backprop_rules import check_rule_sites
 from saliency_jax.methods.base import Method, is_model, register
 from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.targets import check_layer
@@ -102,6 +103,10 @@ class GradCAM(LayerMethod):
 @dataclasses.dataclass(frozen=True)
 class GuidedGradCAM(LayerMethod):
     """Guided backprop x Grad-CAM on `layer`."""
+
+    def check(self, model, image_shape):
+        super().check(model, image_shape)
+        check_rule_sites(model, image_shape, what="guided Grad-CAM")
 
     def explain(self, model, x, target, *, key=None):
         return guided_gradcam(_model(self, model), x, target, layer=self.layer)
