@@ -20,11 +20,15 @@ class UnsafeCheckpointError(CheckpointError):
     """A checkpoint's pickle asks for a global that is not a tensor or container."""
 
 
+def _is_small_atom(value: Any) -> bool:
+    return value is None or type(value) in (bool, float) or (type(value) is int and value.bit_length() <= 64)
+
+
 def describe(value: Any) -> str:
     """A one-line summary of an untrusted value, at most about 60 characters.
 
-    >>> describe("epoch"), describe([1, 2]), describe(2**300)
-    ("'epoch'", 'a list of 2 items', 'an int of 301 bits')
+    >>> describe("epoch"), describe([1, -2]), describe([[1]]), describe(2**300)
+    ("'epoch'", '(1, -2)', 'a list of 1 item', 'an int of 301 bits')
     """
     if isinstance(value, (str, bytes)):
         more = "..." if len(value) > _SHOWN_CHARS else ""
@@ -33,8 +37,10 @@ def describe(value: Any) -> str:
         return f"an int of {value.bit_length()} bits"
     if value is None or isinstance(value, (bool, int, float, complex)):
         return repr(value)
+    if isinstance(value, (tuple, list)) and len(value) <= 8 and all(_is_small_atom(v) for v in value):
+        return repr(tuple(value))
     if isinstance(value, (tuple, list, dict, set, frozenset)):
-        return f"a {type(value).__name__} of {len(value)} items"
+        return f"a {type(value).__name__} of {len(value)} item{'' if len(value) == 1 else 's'}"
     return f"a {type(value).__name__}"
 
 

@@ -72,7 +72,7 @@ def _child(group, name: str, h5py):
         if link is None:
             raise CheckpointError(f"{describe(name)} is missing")
         if not isinstance(link, h5py.HardLink):
-            raise CheckpointError(f"{describe(name)} is a {type(link).__name__}: soft and external links are refused")
+            raise CheckpointError(f"{describe(name)} is an HDF5 {type(link).__name__}: soft and external links are refused")
         node = node[part]
     return node
 

@@ -88,7 +88,7 @@ def _ints(values: Any, what: str, low: int) -> tuple[int, ...]:
     )
     if not ok:
         bound = "ints >= 0" if low == 0 else "ints"
-        raise CheckpointError(f"tensor {what} {describe(values)} is not a tuple of {bound} below 2**62")
+        raise CheckpointError(f"tensor {what} is {describe(values)}, not a tuple of {bound} below 2**62")
     return tuple(values)
 
 
