@@ -49,7 +49,7 @@ print(json.dumps({"kind": kind, "message": message, "seconds": time.perf_counter
 def _load_isolated(path: Path) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", _ISOLATED, PACKAGE, str(path), str(MEMORY_LIMIT)],
-                            capture_output=True, text=True, timeout=300, env=env, cwd=path.parent)
+                            capture_output=True, text=True, timeout=60, env=env, cwd=path.parent)
     assert result.returncode == 0, f"the load crashed (rc {result.returncode}): {result.stderr[-2000:]}"
     return json.loads(result.stdout.strip().splitlines()[-1])
 

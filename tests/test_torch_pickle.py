@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import struct
 import subprocess
 import sys
 import zipfile
@@ -14,6 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+import hostile_files as hf
 from saliency_jax.checkpoints import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -62,45 +62,12 @@ def _assert_same(ours: dict, theirs: dict) -> None:
 # --- handmade pickles (no torch needed) ---------------------------------------
 
 
-def _global(module: str, name: str) -> bytes:
-    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
-
-
-def _unicode(text: str) -> bytes:
-    data = text.encode()
-    return b"X" + struct.pack("<I", len(data)) + data
-
-
-def _int(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def _int_tuple(values) -> bytes:
-    return b"(" + b"".join(_int(v) for v in values) + b"t"
-
-
-def _tensor_pickle(size, stride, offset=0, numel=4, storage="FloatStorage") -> bytes:
+def _tensor_pickle(size, stride, offset=0, numel=4) -> bytes:
     """Protocol-2 pickle of {"w": tensor} the way torch.save writes it in a zip."""
-    storage_id = (
-        b"(" + _unicode("storage") + _global("torch", storage)
-        + _unicode("0") + _unicode("cpu") + _int(numel) + b"tQ"
-    )
-    args = (
-        b"(" + storage_id + _int(offset) + _int_tuple(size) + _int_tuple(stride)
-        + b"\x89" + _global("collections", "OrderedDict") + b")R" + b"t"
-    )
-    tensor = _global("torch._utils", "_rebuild_tensor_v2") + args + b"R"
-    return b"\x80\x02}" + _unicode("w") + tensor + b"s."
+    return hf.state_dict(hf.tensor(hf.int_tuple(size), hf.int_tuple(stride), offset=offset, numel=numel))
 
 
-def _write_zip(path: Path, data_pkl: bytes, storages: dict[str, bytes] | None = None,
-               byteorder: str = "little") -> Path:
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data.pkl", data_pkl)
-        archive.writestr("archive/byteorder", byteorder)
-        for key, raw in (storages or {}).items():
-            archive.writestr(f"archive/data/{key}", raw)
-    return path
+_write_zip = hf.write_zip
 
 
 def test_handmade_zip_checkpoint_loads_without_torch(tmp_path):
@@ -227,12 +194,7 @@ def _payloads(marker: Path):
     yield _Payload(sp.Popen, ["touch", str(marker)])
 
 
-def _legacy_header() -> bytes:
-    return (
-        pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
-        + pickle.dumps(1001, protocol=2)
-        + pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)
-    )
+_legacy_header = hf.legacy_header
 
 
 @pytest.mark.parametrize("layout", ["raw_pickle", "legacy", "zip"])
