@@ -17,11 +17,14 @@ from __future__ import annotations
 import importlib.resources
 import os
 import pathlib
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from saliency_jax.data.base import DecodeError
+from saliency_jax.data.decode import DEFAULT_MAX_PIXELS, decode_image, pil_to_rgb, resize
+from saliency_jax.data.files import DEFAULT_MAX_BYTES, read_file
 
 __all__ = [
     "ImageError",
@@ -41,149 +44,38 @@ class ImageError(ValueError):
     """
 
 
-def _fail(path: pathlib.Path, reason: str) -> ImageError:
-    reason = " ".join(str(reason).split())  # keep the message on one line
-    return ImageError(f"cannot read image {str(path)!r}: {reason}")
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_bytes: int = DEFAULT_MAX_BYTES) -> np.ndarray:
     """Reads an image file as RGB.
 
-    Every mode Pillow decodes becomes RGB: grayscale and 1-bit are repeated over
+    Every mode Pillow decodes becomes RGB by the rules of
+    ``saliency_jax.data.decode.pil_to_rgb``: grayscale and 1-bit are repeated over
     three channels; palette, CMYK, YCbCr and the like are converted by Pillow;
-    16-bit grayscale keeps its top 8 bits (``v >> 8``, not clipping); 32-bit
-    integer and float grayscale are scaled as described in ``_high_depth_to_uint8``.
-    Images with alpha (RGBA, LA, PA, or a palette/colour-key transparency) are
-    composited onto a white background and the alpha is dropped. The EXIF
-    orientation is applied. Multi-frame files give their first frame.
+    16-bit grayscale keeps its top 8 bits (``v >> 8``, not clipping); images with
+    alpha are composited onto a white background and the alpha is dropped. The
+    EXIF orientation is applied. Multi-frame files give their first frame. The
+    file is read and decoded exactly as a batch job reads it (``read_file``,
+    ``decode_image``), with the same guards.
 
     Args:
-      path: file path, ``str`` or ``os.PathLike``.
+      path: file path, ``str``, ``bytes`` or ``os.PathLike``.
+      max_pixels: refuse an image of more pixels than this before decoding it
+        (a 20 kB PNG may declare 13000x13000).
+      max_bytes: refuse a file larger than this before reading it.
 
     Returns:
       ``uint8 [H,W,3]`` RGB array, ``H, W`` after EXIF rotation.
 
     Raises:
-      ImageError: the file is missing, empty, a directory, not an image Pillow can
-        decode, truncated or corrupt. The message is one line naming the path.
+      ImageError: the file is missing, empty, a directory, a FIFO or device, too
+        large, not an image Pillow can decode, truncated or corrupt. The message
+        is one line naming the path.
     """
-    path = pathlib.Path(os.fspath(path))
-    if path.is_dir():
-        raise _fail(path, "is a directory")
-    if not path.exists():
-        raise _fail(path, "no such file")
+    path = os.fsdecode(path)
     try:
-        if path.stat().st_size == 0:
-            raise _fail(path, "file is empty (0 bytes)")
-    except OSError as e:
-        raise _fail(path, e.strerror or e) from e
-
-    try:
-        image = Image.open(path)
-    except UnidentifiedImageError as e:
-        raise _fail(path, "not an image file Pillow can decode") from e
-    except PermissionError as e:
-        raise _fail(path, "permission denied") from e
-    except Image.DecompressionBombError as e:
-        raise _fail(path, f"image is too large ({e})") from e
-    except FileNotFoundError as e:  # removed since the check above
-        raise _fail(path, "no such file") from e
-    except MemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any decoder failure on a bad header
-        raise _fail(path, f"image data is truncated or corrupt ({e})") from e
-
-    with image:  # closes the file even when decoding fails
-        try:
-            image.load()  # full decode here, so truncation fails now, not later
-        except Image.DecompressionBombError as e:
-            raise _fail(path, f"image is too large ({e})") from e
-        except MemoryError:
-            raise
-        except Exception as e:  # noqa: BLE001 - OSError, SyntaxError, EOFError, ...
-            raise _fail(path, f"image data is truncated or corrupt ({e})") from e
-        tiff_bits = _tiff_bits(image)  # read before exif_transpose drops the tags
-        try:
-            rotated = ImageOps.exif_transpose(image)
-        except Exception as e:  # noqa: BLE001 - malformed EXIF, pixels are fine
-            warnings.warn(
-                f"ignoring unreadable EXIF orientation of {str(path)!r}: {e}", stacklevel=2
-            )
-            rotated = image
-        try:
-            return _pil_to_rgb(rotated, tiff_bits=tiff_bits)
-        except ValueError as e:
-            raise _fail(path, e) from e
-
-
-def _tiff_bits(image: Image.Image) -> int | None:
-    """BitsPerSample declared by a TIFF file, else ``None``."""
-    tags = getattr(image, "tag_v2", None)
-    if tags is None:
-        return None
-    bits = tags.get(258)
-    if isinstance(bits, tuple):
-        bits = bits[0] if bits else None
-    return int(bits) if bits else None
-
-
-def _pil_to_rgb(image: Image.Image, *, tiff_bits: int | None = None) -> np.ndarray:
-    """Any Pillow image -> ``uint8 [H,W,3]`` RGB (see ``load_image`` for the rules)."""
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        gray = _high_depth_to_uint8(np.asarray(image), mode, tiff_bits)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if mode == "RGB" and "transparency" not in image.info:
-        return np.asarray(image, dtype=np.uint8).copy()
-
-    has_alpha = "A" in image.getbands() or "a" in image.getbands()
-    if has_alpha or "transparency" in image.info:
-        try:
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)
-        except ValueError as e:
-            raise ValueError(f"unsupported image mode {mode!r} ({e})") from e
-        alpha = rgba[:, :, 3:]
-        # Composite over white, rounded: rgb * a/255 + 255 * (1 - a/255).
-        out = (rgba[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
-        return out.astype(np.uint8)
-    try:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
-    except ValueError as e:
-        raise ValueError(f"unsupported image mode {mode!r} ({e})") from e
-
-
-def _high_depth_to_uint8(
-    values: np.ndarray, mode: str, tiff_bits: int | None
-) -> np.ndarray:
-    """Scales one-channel 16/32-bit integer or float pixels ``[H,W]`` to ``uint8 [H,W]``.
-
-    * ``I;16*``: 16-bit, ``v >> 8``.
-    * ``I`` (32-bit signed container): 16-bit data (``v >> 8``) unless a TIFF
-      declares more than 16 bits or a value exceeds 65535, then 32-bit
-      (``v >> 24``); negative values become 0.
-    * ``F``: values in [0, 1] are scaled by 255; values in [0, 255] are kept
-      (Pillow's own convention); any other range is stretched min..max to 0..255.
-      NaN becomes the minimum and +-inf are clipped.
-    """
-    if mode == "F":
-        v = values.astype(np.float64)
-        finite = v[np.isfinite(v)]
-        lo, hi = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-        v = np.nan_to_num(v, nan=lo)  # NaN -> the darkest value; +-inf clip below
-        if lo >= 0.0 and hi <= 1.0:
-            v = v * 255.0
-        elif not (lo >= 0.0 and hi <= 255.0):
-            v = (v - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(v)
-        return np.clip(np.rint(v), 0, 255).astype(np.uint8)
-
-    v = np.clip(values.astype(np.int64), 0, None)
-    if mode.startswith("I;16"):
-        bits = 16
-    elif (tiff_bits is not None and tiff_bits > 16) or (v.size and v.max() > 0xFFFF):
-        bits = 32
-    else:
-        bits = 16
-    return (v >> (bits - 8)).astype(np.uint8)
+        return decode_image(read_file(path, max_bytes=max_bytes), max_pixels=max_pixels)
+    except DecodeError as e:
+        raise ImageError(f"cannot read image {path!r}: {e}") from None
 
 
 def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
@@ -205,17 +97,6 @@ def _array_to_rgb(array: np.ndarray, where: str) -> np.ndarray:
         f"{where}: expected 1, 3 or 4 channels in the last axis, got {channels} "
         f"(shape {array.shape}){hint}"
     )
-
-
-def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """``uint8 [H,W,3]`` -> ``uint8 [h,w,3]`` with Pillow's BILINEAR filter."""
-    if image.shape[:2] == tuple(size):
-        return image
-    height, width = size
-    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
-        (width, height), Image.Resampling.BILINEAR
-    )
-    return np.asarray(resized)
 
 
 def to_uint8_batch(
@@ -252,16 +133,16 @@ def to_uint8_batch(
         if not images:
             raise ValueError("to_uint8_batch: got an empty list of images")
         out = [
-            _resize(_one_image(x, f"to_uint8_batch: images[{i}]"), size)
+            resize(_one_image(x, f"to_uint8_batch: images[{i}]"), size)
             for i, x in enumerate(images)
         ]
         return np.stack(out)
     if isinstance(images, Image.Image):
-        return _resize(_pil_to_rgb(images), size)[None].copy()
+        return resize(pil_to_rgb(images), size)[None].copy()
 
     array = np.asarray(images)
     if array.ndim in (2, 3):
-        return _resize(_one_image(array, "to_uint8_batch"), size)[None].copy()
+        return resize(_one_image(array, "to_uint8_batch"), size)[None].copy()
     if array.ndim != 4:
         raise ValueError(
             "to_uint8_batch: expected [B,H,W,C], [H,W,C] or [H,W] images, "
@@ -272,13 +153,13 @@ def to_uint8_batch(
     array = _array_to_rgb(array, "to_uint8_batch")
     if array.shape[1:3] == size:
         return np.array(array, order="C")
-    return np.stack([_resize(x, size) for x in array])
+    return np.stack([resize(x, size) for x in array])
 
 
 def _one_image(x: np.ndarray | Image.Image, where: str) -> np.ndarray:
     """A single PIL image or array ``[H,W]`` / ``[H,W,C]`` -> ``uint8 [H,W,3]``."""
     if isinstance(x, Image.Image):
-        return _pil_to_rgb(x)
+        return pil_to_rgb(x)
     if isinstance(x, (str, os.PathLike)):
         raise TypeError(f"{where}: got a path {x!r}; read it with load_image first")
     try:

@@ -127,14 +127,14 @@ def test_stream_keeps_order_with_many_workers_and_reports_errors_inline(messy):
 
 
 def test_stream_turns_io_errors_into_reasons():
-    def missing():
+    def missing(max_bytes):
         raise FileNotFoundError
 
-    def denied():
+    def denied(max_bytes):
         raise PermissionError
 
     records = [Record(0, "a", "a", NO_LABEL, missing), Record(1, "b", "b", NO_LABEL, denied),
-               Record(2, "c", "c", NO_LABEL, lambda: b"")]
+               Record(2, "c", "c", NO_LABEL, lambda max_bytes: b"")]
     assert [e.error for e in decode_stream(records, (8, 8))] == [
         "no such file", "permission denied", "file is empty (0 bytes)"]
 

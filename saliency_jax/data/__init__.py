@@ -7,6 +7,11 @@
     for ex in decode_stream(source.records(), size=(224, 224)):
         ex.image  # uint8 [224,224,3], or None with ex.error = "image data is truncated or corrupt (...)"
 
+Every file is read through ``saliency_jax.data.files`` (regular files only, at
+most ``max_bytes``) and decoded through ``saliency_jax.data.decode`` (at most
+``max_pixels``), so a FIFO, a device, a huge or sparse file or a decompression
+bomb costs one error line, not a hang or the machine's memory.
+
 A source is a fixed sequence (position ``i`` is always the same image), so a job
 can resume at a position and hosts can take disjoint slices. TensorFlow is
 imported only when a ``tfds:``/``imagefolder:`` source is opened.
@@ -14,26 +19,31 @@ imported only when a ``tfds:``/``imagefolder:`` source is opened.
 
 from __future__ import annotations
 
-from saliency_jax.data.base import NO_LABEL, Example, Record, Source, SourceError
-from saliency_jax.data.decode import DEFAULT_MAX_PIXELS, DecodeError, decode_image, decode_resized
+from saliency_jax.data.base import NO_LABEL, DecodeError, Example, Record, Source, SourceError
+from saliency_jax.data.decode import DEFAULT_MAX_PIXELS, decode_image, decode_resized
+from saliency_jax.data.files import DEFAULT_MAX_BYTES, read_file
 from saliency_jax.data.folder import IMAGE_SUFFIXES, FolderSource
-from saliency_jax.data.stream import decode_stream, default_workers
+from saliency_jax.data.stream import FINGERPRINTS, current_stamps, decode_stream, default_workers
 
 __all__ = [
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DecodeError",
     "Example",
+    "FINGERPRINTS",
     "FolderSource",
     "IMAGE_SUFFIXES",
     "NO_LABEL",
     "Record",
     "Source",
     "SourceError",
+    "current_stamps",
     "decode_image",
     "decode_resized",
     "decode_stream",
     "default_workers",
     "open_source",
+    "read_file",
 ]
 
 

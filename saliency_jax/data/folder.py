@@ -5,6 +5,13 @@ run and every host. Hidden files and folders (``.name``) are skipped; in a
 folder, only files with an image suffix (``IMAGE_SUFFIXES``) count, while a glob
 takes every file it matches (a misnamed file is then reported, not ignored).
 
+Names are kept as the file system gives them: a name that is not valid UTF-8
+is a ``str`` with surrogate escapes (``os.fsencode`` gives its bytes back), and
+the fingerprint is computed on those bytes, so one such file never stops a run.
+A glob skips directories only: FIFOs, devices, sockets and broken or looping
+symlinks it matches are listed and then reported (``saliency_jax.data.files``),
+as a folder's are.
+
 Labels follow the ``ImageFolder`` convention (torchvision's and TFDS's): when
 every image lies exactly one level down, ``ROOT/<class>/<file>``, the label is
 the index of ``<class>`` among the sorted class folder names (for ImageNet's
@@ -19,6 +26,7 @@ import os
 import pathlib
 
 from saliency_jax.data.base import NO_LABEL, Record, SourceError
+from saliency_jax.data.files import DEFAULT_MAX_BYTES, file_stamp, read_file
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
@@ -34,11 +42,6 @@ def _hidden(rel: str) -> bool:
     return any(part.startswith(".") for part in pathlib.PurePath(rel).parts)
 
 
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
-
-
 class FolderSource:
     """Every image file under a folder, or every file matching a glob.
 
@@ -52,6 +55,8 @@ class FolderSource:
       files: relative paths, sorted (the source's order).
     """
 
+    file_stamps = True
+
     def __init__(self, spec: str, *, labels: str = "auto"):
         if labels not in ("auto", "dirs", "none"):
             raise ValueError(f"labels must be 'auto', 'dirs' or 'none', got {labels!r}")
@@ -64,7 +69,7 @@ class FolderSource:
                 prefix.append(part)
             self.root = str(pathlib.PurePath(*prefix)) if prefix else "."
             matches = (os.path.relpath(p, self.root) for p in glob.glob(spec, recursive=True))
-            files = [rel for rel in matches if os.path.isfile(os.path.join(self.root, rel)) and not _hidden(rel)]
+            files = [rel for rel in matches if not os.path.isdir(os.path.join(self.root, rel)) and not _hidden(rel)]
             if not files:
                 raise SourceError(f"no files match {spec!r}")
         else:
@@ -84,7 +89,7 @@ class FolderSource:
                 raise SourceError(f"folder {spec!r} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
         self.files = sorted(files, key=lambda rel: pathlib.PurePath(rel).parts)
         self.num_examples = len(self.files)
-        self.fingerprint = hashlib.sha256("\n".join(self.files).encode()).hexdigest()[:16]
+        self.fingerprint = hashlib.sha256(b"\n".join(os.fsencode(f) for f in self.files)).hexdigest()[:16]
 
         depth_one = all(len(pathlib.PurePath(rel).parts) == 2 for rel in self.files)
         if labels == "dirs" and not depth_one:
@@ -104,7 +109,8 @@ class FolderSource:
             path = os.path.join(self.root, rel)
             label = self._labels[position] if self._labels is not None else NO_LABEL
             yield Record(position, pathlib.PurePath(rel).as_posix(), path, label,
-                         lambda path=path: _read_file(path))
+                         lambda max_bytes=DEFAULT_MAX_BYTES, path=path: read_file(path, max_bytes=max_bytes),
+                         lambda path=path: file_stamp(path))
 
     def __len__(self) -> int:
         return self.num_examples

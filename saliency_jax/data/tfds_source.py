@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from saliency_jax.data.base import NO_LABEL, Record, SourceError
+from saliency_jax.data.files import DEFAULT_MAX_BYTES, check_size
 
 EXTRA_HINT = "pip install 'saliency-jax[data]'"
 
@@ -60,9 +61,15 @@ def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _bounded(data, max_bytes: int) -> bytes:
+    check_size(len(data), max_bytes)
+    return bytes(data)
+
+
 class _TfdsRecords:
     """Shared reading logic: iterate a (skipped/taken) dataset of encoded images."""
 
+    file_stamps = False  # a prepared dataset is versioned: its fingerprint names the version
     builder = None
     split = ""
     image_key = label_key = None
@@ -84,7 +91,8 @@ class _TfdsRecords:
             data = example[self.image_key]
             label = int(example[self.label_key]) if self.label_key is not None else NO_LABEL
             record_id, path = self._id_and_path(example, position)
-            yield Record(position, record_id, path, label, lambda data=data: bytes(data))
+            yield Record(position, record_id, path, label,
+                         lambda max_bytes=DEFAULT_MAX_BYTES, data=data: _bounded(data, max_bytes))
 
 
 class TfdsSource(_TfdsRecords):
