@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Explain what an image classifier looks at (Simonyan et al. 2014, in JAX).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--no-compile-cache", action="store_true",
+                        help="do not keep compiled programs between runs (default: kept under the cache folder; "
+                             "also SALIENCY_JAX_NO_COMPILE_CACHE=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("predict", help="top-K ImageNet classes for each image")
@@ -670,6 +673,10 @@ def one_line(err: BaseException, limit: int = 500) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.no_compile_cache:
+        from saliency_jax.compile_cache import enable_compile_cache
+
+        enable_compile_cache()
     try:
         return args.run(args)
     except UsageError as err:

@@ -17,6 +17,7 @@ def _private_cache(tmp_path_factory):
     """Converted params go to a per-session folder, never the user's cache."""
     mp = pytest.MonkeyPatch()
     mp.setenv("SALIENCY_JAX_CACHE", str(tmp_path_factory.mktemp("cache")))
+    mp.setenv("SALIENCY_JAX_NO_COMPILE_CACHE", "1")  # cli.main in-process: keep JAX's config as it is
     yield
     mp.undo()
 
