@@ -34,9 +34,8 @@ from saliency_jax.batching import map_batches
 from saliency_jax.models.inspect import layer_activation, layer_shapes
 from saliency_jax.models.model import Model
 from saliency_jax.validate import check_images
-from saliency_jax.targets import check_unit, indices, positions
+from saliency_jax.targets import REDUCTIONS, check_reduce, check_unit, indices, positions
 
-REDUCTIONS: dict[str, Callable] = {"sum": jnp.sum, "max": jnp.max, "mean": jnp.mean}
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["channel", "position"],
@@ -94,8 +93,7 @@ def unit(layer: str, channel, position=None, *, reduce: str = "sum") -> UnitTarg
     """
     if not isinstance(layer, str):
         raise ValueError(f"unit: layer must be a layer name (str), got {layer!r}")
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"unit: reduce must be one of {', '.join(REDUCTIONS)}, got {reduce!r}")
+    check_reduce(reduce, "unit")
     channel = indices(channel, "unit: channel")
     if position is not None:
         position = positions(position, "unit: position")
@@ -180,4 +178,4 @@ def _project_batch(model, x, channel, position, *, layer, rule):
     return jax.vmap(one)(x, channel, position)
 
 
-__all__ = ["REDUCTIONS", "UnitTarget", "project_activation", "unit"]
+__all__ = ["UnitTarget", "project_activation", "unit"]
