@@ -16,7 +16,13 @@ from saliency_jax.methods.gradient import GradientXInput, Vanilla  # isort: skip
 from saliency_jax.methods.backprop_rules import Deconvnet, GuidedBackprop  # isort: skip
 from saliency_jax.methods.smoothgrad import SmoothGrad  # isort: skip
 from saliency_jax.methods.integrated_gradients import IntegratedGradients  # isort: skip
-from saliency_jax.methods.gradcam import GradCAM, GuidedGradCAM, LayerMethod  # isort: skip
+from saliency_jax.methods.gradcam import CAMMethod, GradCAM, GradientCAM, GuidedGradCAM, LayerMethod  # isort: skip
+from saliency_jax.methods.gradient_cams import GradCAMPlusPlus, HiResCAM, LayerCAM, XGradCAM  # isort: skip
+from saliency_jax.methods.eigencam import EigenCAM  # isort: skip
+from saliency_jax.methods.score_cams import AblationCAM, ScoreCAM  # isort: skip
+from saliency_jax.methods.guided_ig import GuidedIG  # isort: skip
+from saliency_jax.methods.blur_ig import BlurIG  # isort: skip
+from saliency_jax.methods.expected_gradients import ExpectedGradients  # isort: skip
 from saliency_jax.methods.base import (  # isort: skip
     Method,
     as_method,
@@ -31,16 +37,28 @@ from saliency_jax.methods.base import (  # isort: skip
 from saliency_jax.methods.batch import attribute, attribute_batch  # isort: skip
 
 __all__ = [
+    "AblationCAM",
+    "BlurIG",
+    "CAMMethod",
     "Deconvnet",
+    "EigenCAM",
+    "ExpectedGradients",
     "GradCAM",
+    "GradCAMPlusPlus",
+    "GradientCAM",
     "GradientXInput",
     "GuidedBackprop",
     "GuidedGradCAM",
+    "GuidedIG",
+    "HiResCAM",
     "IntegratedGradients",
+    "LayerCAM",
     "LayerMethod",
     "Method",
+    "ScoreCAM",
     "SmoothGrad",
     "Vanilla",
+    "XGradCAM",
     "as_method",
     "attribute",
     "attribute_batch",

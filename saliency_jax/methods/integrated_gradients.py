@@ -79,6 +79,18 @@ def integrated_gradients(logit_fn, x, target, *, baseline=None, num_steps: int =
     return delta * average if multiply_by_inputs else average
 
 
+def check_baseline(baseline, image_shape) -> None:
+    """ValueError unless `baseline` is None or broadcasts to the image shape [H,W,C]."""
+    if baseline is None:
+        return
+    shape = np.shape(baseline)
+    try:
+        np.broadcast_shapes(shape, tuple(image_shape))
+    except ValueError:
+        raise ValueError(f"baseline of shape {shape} does not broadcast to the image shape "
+                         f"{tuple(image_shape)}") from None
+
+
 @register("ig")
 @dataclasses.dataclass(frozen=True)
 class IntegratedGradients(Method):
@@ -110,13 +122,7 @@ class IntegratedGradients(Method):
 
     def check(self, model, image_shape):
         super().check(model, image_shape)
-        if self.baseline is not None:
-            shape = np.shape(self.baseline)
-            try:
-                np.broadcast_shapes(shape, tuple(image_shape))
-            except ValueError:
-                raise ValueError(f"baseline of shape {shape} does not broadcast to the image shape "
-                                 f"{tuple(image_shape)}") from None
+        check_baseline(self.baseline, image_shape)
 
     def explain(self, model, x, target, *, key=None):
         return integrated_gradients(logit_fn_of(model), x, target, baseline=self.baseline, num_steps=self.num_steps,
