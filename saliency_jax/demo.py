@@ -63,13 +63,14 @@ def run_demo(
     log(f"[2/5] saliency maps: {', '.join(methods)}")
     sal = _saliency_maps(model, names, photos, targets, methods, out, quick=quick)
 
-    log(f"[3/5] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2)")
+    log(f"[3/5] class models for {len(classes)} classes (paper preset: argmax S_c(I) - lambda ||I||^2; "
+        "lucid preset: Fourier image, transforms)")
     check = _class_models(model, classes, out, quick=quick)
 
     log("[4/5] weakly supervised localisation (saliency-seeded GrabCut)")
     boxes, localize_note = _localization_boxes(model, names, photos, targets, sal, out)
 
-    log(f"[5/5] what {FEATURE_LAYER}'s strongest channels respond to (deconvnet projections, Zeiler & Fergus)")
+    log(f"[5/5] what {FEATURE_LAYER}'s strongest channels respond to (deconvnet and guided projections)")
     channels = _feature_grids(model, photos, out, quick=quick)
 
     index = out / "index.html"
@@ -95,15 +96,23 @@ def _saliency_maps(model, names, photos, targets, methods, out: pathlib.Path, *,
     return sal
 
 
-def _class_models(model, classes, out: pathlib.Path, *, quick: bool) -> list:
-    """Writes class_model_<c>.png (the paper preset); returns the model's top-1 on each image."""
+CLASS_MODEL_PRESETS = ("paper", "lucid")  # the paper's faithful images, and Lucid's recognisable ones
+
+
+def _class_models(model, classes, out: pathlib.Path, *, quick: bool) -> dict:
+    """Writes class_model_<preset>_<c>.png for each of `CLASS_MODEL_PRESETS`; returns
+    {preset: the model's top-1 on each image}."""
     from saliency_jax import render
     from saliency_jax.maximize import class_model
 
-    vis = class_model(model, list(classes), **({"num_steps": 5} if quick else {}))
-    for c, pixels in zip(classes, vis.pixels):
-        render.save_png(out / f"class_model_{c}.png", pixels)
-    return model.predict(list(vis.pixels), top=1)
+    check = {}
+    for preset in CLASS_MODEL_PRESETS:
+        vis = class_model(model, list(classes), preset=preset, key=jax.random.key(0),
+                          **({"num_steps": 5} if quick else {}))
+        for c, pixels in zip(classes, vis.pixels):
+            render.save_png(out / f"class_model_{preset}_{c}.png", pixels)
+        check[preset] = model.predict(list(vis.pixels), top=1)
+    return check
 
 
 def _localization_boxes(model, names, photos, targets, sal: dict, out: pathlib.Path) -> tuple[dict, str]:
@@ -126,8 +135,12 @@ def _localization_boxes(model, names, photos, targets, sal: dict, out: pathlib.P
     return boxes, ""
 
 
+FEATURE_RULES = ("deconvnet", "guided")  # on Lite0 (no max-pool switches) the deconvnet barely sees the input
+
+
 def _feature_grids(model, photos, out: pathlib.Path, *, quick: bool) -> list[int]:
-    """Writes features_<layer>_chNNNN.png for the layer's strongest channels; returns those channels."""
+    """Writes features_<layer>_chNNNN_<rule>.png for the layer's strongest channels, for each of
+    `FEATURE_RULES`; returns those channels."""
     from saliency_jax import render
     from saliency_jax.features import feature_figure, layer_shape, top_activations
 
@@ -136,8 +149,9 @@ def _feature_grids(model, photos, out: pathlib.Path, *, quick: bool) -> list[int
     result = top_activations(model, photos, FEATURE_LAYER, range(num_channels), k=k, per_image=per_image,
                              min_distance=2, progress=False)
     channels = result.strongest(2 if quick else 4)
-    for c, grid in zip(channels, feature_figure(model, result.select(channels))):
-        render.save_png(out / f"features_{FEATURE_LAYER}_ch{c:04d}.png", grid)
+    for rule in FEATURE_RULES:
+        for c, grid in zip(channels, feature_figure(model, result.select(channels), rule=rule)):
+            render.save_png(out / f"features_{FEATURE_LAYER}_ch{c:04d}_{rule}.png", grid)
     return channels
 
 
@@ -167,10 +181,17 @@ def _page(model, names, top5, methods, classes, check, boxes, localize_note, cha
         parts.append("<br>")
         parts += [_img(f"{name}_{m}_overlay.png", f"{m} overlay") for m in methods]
     parts.append("<h2>Class models (Sec. 2): argmax<sub>I</sub> S<sub>c</sub>(I) &minus; &lambda;&Vert;I&Vert;"
-                 "<sup>2</sup></h2>")
-    for c, (pred,) in zip(classes, check):
-        parts.append(_img(f"class_model_{c}.png",
-                          f"{model.labels[c]} ({c}): model says {pred[1]} {100 * pred[2]:.0f}%"))
+                 "<sup>2</sup></h2><p>Top row: the paper's preset (pixels, L2 penalty, no transforms): "
+                 "faithful to the objective, the model is certain of each class, yet to a person they look "
+                 "like noise on EfficientNet-Lite0. Bottom row: the Lucid preset (a Fourier, "
+                 "decorrelated-colour image under jitter, scale and rotation), which keeps the "
+                 "recognisable parts.</p>")
+    for preset in CLASS_MODEL_PRESETS:
+        for c, (pred,) in zip(classes, check[preset]):
+            parts.append(_img(f"class_model_{preset}_{c}.png",
+                              f"{preset}: {model.labels[c]} ({c}); model says {pred[1]} {100 * pred[2]:.0f}%",
+                              width=160))
+        parts.append("<br>")
     parts.append("<h2>Weakly supervised localisation (Sec. 3.2)</h2>")
     if localize_note:
         parts.append(f"<p>Skipped: {html.escape(localize_note)}</p>")
@@ -183,8 +204,12 @@ def _page(model, names, top5, methods, classes, check, boxes, localize_note, cha
         parts.append(_img(f"{name}_box.png", f"{name}: {caption}", width=320))
     parts.append(f"<h2>What {FEATURE_LAYER}'s channels respond to (Sec. 4: the deconvnet is the gradient "
                  "with another ReLU rule)</h2><p>Each channel's strongest activations over the photos, "
-                 "projected to pixels with the deconvnet rule (left), beside the patch of the photo in the "
-                 "unit's receptive field (right).</p>")
+                 "projected to pixels (left of each grid), beside the patch of the photo in the unit's "
+                 "receptive field (right): with the deconvnet rule, and with guided backprop, which also "
+                 "masks by the forward ReLUs and so shows what in <i>this</i> patch drove the unit.</p>")
     for c in channels:
-        parts.append(_img(f"features_{FEATURE_LAYER}_ch{c:04d}.png", f"{FEATURE_LAYER} channel {c}", width=480))
+        for rule in FEATURE_RULES:
+            parts.append(_img(f"features_{FEATURE_LAYER}_ch{c:04d}_{rule}.png",
+                              f"{FEATURE_LAYER} channel {c} ({rule})", width=420))
+        parts.append("<br>")
     return "\n".join(parts) + "\n"
