@@ -321,9 +321,9 @@ def _steps_per_call(steps: int) -> int:
 def _maximize(args, run, targets: list[int], unit: str):
     """Runs `run(model, **options)` under a progress bar over target-steps; returns (model, Visualization)."""
     import jax
-    from tqdm import tqdm
 
     from saliency_jax.maximize.presets import LUCID, PAPER, SPHERE
+    from saliency_jax.progress import open_bar
 
     model = _load_model(args)
     steps = args.steps or {"paper": PAPER, "sphere": SPHERE, "lucid": LUCID}[args.preset]["num_steps"]
@@ -336,8 +336,7 @@ def _maximize(args, run, targets: list[int], unit: str):
 
     def progress(n: int) -> None:  # the bar opens when visualize has checked its inputs (bad ones: no bar)
         if not bars:
-            bars.append(tqdm(total=len(targets) * steps, unit=unit, desc=args.command, file=sys.stderr,
-                             postfix="compiling"))
+            bars.append(open_bar(len(targets) * steps, unit=unit, desc=args.command, postfix="compiling"))
         elif n and bars[0].n == 0:
             first = bars[0].format_dict["elapsed"]
             bars[0].set_postfix_str(f"first call {first:.0f} s incl. compile", refresh=False)
