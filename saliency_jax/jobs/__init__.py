@@ -11,15 +11,21 @@
 
 Run the same call again after a crash (or `kill -9`): it resumes after the last
 complete shard, and the folder ends up exactly as an uninterrupted run leaves it.
+One run writes a folder at a time (a lock); shards whose images changed since
+are computed again, and a damaged shard is named (``recompute_damaged=True``
+computes it again).
 """
 
 from saliency_jax.jobs.runner import JobSummary, run_batch_job
 from saliency_jax.jobs.step import StepOutput, fetch, make_step
-from saliency_jax.jobs.store import INDEX_COLUMNS, JobError, JobStore, ensure_writable, load_outputs, load_shard
+from saliency_jax.jobs.store import (INDEX_COLUMNS, DamagedShard, JobError, JobLock, JobStore, ensure_writable,
+                                    load_outputs, load_shard)
 
 __all__ = [
+    "DamagedShard",
     "INDEX_COLUMNS",
     "JobError",
+    "JobLock",
     "JobStore",
     "JobSummary",
     "StepOutput",

@@ -9,6 +9,13 @@ assembles batch i+1 from images the decode threads have already prepared, and
 the previous shard is being written. Source positions are cut into shards of
 ``shard_size``; batches never straddle a shard, so a resumed run computes every
 image in exactly the batch an uninterrupted run would have.
+
+A resumed run keeps a shard only if it is sound (see `JobStore.scan`) and every
+image in it is the version that was computed: each image's stamp (size and
+mtime, or with ``fingerprint="content"`` a sha256 of its bytes) is compared
+with the file now, and a shard holding a changed image is computed again (and
+logged, one line), never kept with the old map. A damaged shard stops the run
+with one line naming it, unless ``recompute_damaged``.
 """
 
 from __future__ import annotations
@@ -16,22 +23,25 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
-import math
+import itertools
+import logging
 import pathlib
-import sys
 import time
 from typing import Callable
 
 import jax
 import numpy as np
 
-from saliency_jax.data import DEFAULT_MAX_PIXELS, NO_LABEL, Example, Source, decode_stream, default_workers
-from saliency_jax.methods import Method, as_method, describe
+from saliency_jax.data import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, FINGERPRINTS, NO_LABEL, Example, Source,
+                               current_stamps, decode_stream, default_workers)
 from saliency_jax.jobs.step import fetch, make_step
-from saliency_jax.jobs.store import JobError, JobStore
+from saliency_jax.methods import Method, as_method, describe
+from saliency_jax.jobs.store import JobError, JobStore, shard_name
+from saliency_jax.progress import reporter
 from saliency_jax.sharding import data_mesh, host_slice
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-image stamps in the shards, the fingerprint mode in job.json
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +56,7 @@ class JobSummary:
     new_images: int
     seconds: float
     devices: int
+    notes: tuple[str, ...] = ()  # shards computed again (damaged, changed images), a stale lock taken over
 
     @property
     def images_per_second(self) -> float:
@@ -89,6 +100,19 @@ def _strings(values) -> np.ndarray:
     return np.array(list(values), dtype=str)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Work:
+    """What turns a shard's decoded examples into its arrays."""
+
+    step: Callable
+    batch: int
+    size: tuple[int, int]
+    maps_dtype: type
+    targets: object
+    num_classes: int
+    cmap: str | None  # overlays' colormap; None: no overlays
+
+
 def run_batch_job(
     source: Source,
     model,
@@ -108,6 +132,9 @@ def run_batch_job(
     process_count: int | None = None,
     workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    fingerprint: str = "stat",
+    recompute_damaged: bool = False,
     progress: bool | Callable[[int], None] = True,
 ) -> JobSummary:
     """Computes saliency maps for every image of `source` into `out_dir`, resumably.
@@ -130,18 +157,30 @@ def run_batch_job(
         `jax.process_index()` / `jax.process_count()`).
       workers: decoding threads.
       max_pixels: images larger than this are listed as errors, never decoded.
+      max_bytes: files larger than this (FIFOs, devices: any non-regular file)
+        are listed as errors, never read.
+      fingerprint: how a resumed run tells that an image changed since its map
+        was computed: ``"stat"`` (size and mtime, nothing read) or ``"content"``
+        (a sha256 of every finished image is read again on resume). Shards holding
+        a changed image are computed again.
+      recompute_damaged: compute again a shard that is unreadable or does not
+        hold what the job writes, instead of stopping with a JobError naming it.
       progress: True for a tqdm bar on stderr, False for none, or a callable
         given the number of source positions consumed.
 
     Returns:
-      A `JobSummary`.
+      A `JobSummary`; its ``notes`` say which shards were computed again and why
+      (also logged as warnings, one line each).
 
     Raises:
-      JobError: the output folder is unwritable, full, or holds a different job.
-      ValueError: a bad method, option or target.
+      JobError: the output folder is unwritable, full, in use by another run,
+        holds a different job or a damaged shard.
+      ValueError: a bad method, option, target or fingerprint.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size}, {shard_size}")
+    if fingerprint not in FINGERPRINTS:
+        raise ValueError(f"fingerprint must be one of {', '.join(FINGERPRINTS)}, got {fingerprint!r}")
     targets = _targets_spec(targets, source, model.num_classes)
     pi = jax.process_index() if process_index is None else process_index
     pc = jax.process_count() if process_count is None else process_count
@@ -150,78 +189,144 @@ def run_batch_job(
     method = as_method(method, **dict(options or {}))
     mesh = data_mesh() if mesh is None else mesh
     maps_dtype = np.float16 if float16 else np.float32
-    step, batch = make_step(model, method, batch_size=batch_size, key=jax.random.key(seed), mesh=mesh,
-                            dtype=maps_dtype)
-    config = {
-        "format": FORMAT_VERSION, "source": source.spec, "source_fingerprint": source.fingerprint,
-        "source_size": source.num_examples, "slice": [start, stop], "process": [pi, pc],
-        "model": model.name, "input_size": list(model.input_size), **describe(method), "seed": seed, "targets": targets,
-        "shard_size": shard_size, "maps_dtype": "float16" if float16 else "float32",
-        "label_names": list(source.label_names) if source.label_names else None,
-    }
-    store = JobStore(out, config)
-    done = store.completed_shards()
-    num_shards = math.ceil((stop - start) / shard_size)
-    done = min(done, num_shards)
-    images, errors = store.rebuild_tables(done)
-    resumed_at = min(done * shard_size, stop - start)
-
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-
-        bar = tqdm(total=stop - start, initial=resumed_at, unit="img", desc="batch", file=sys.stderr,
-                   dynamic_ncols=True, smoothing=0.1)
-        report = bar.update
-    elif callable(progress):
-        report = progress
-    else:
-        def report(n):
-            return None
-
+    config = _config(source, model, method, (start, stop), (pi, pc), seed=seed, targets=targets,
+                     shard_size=shard_size, maps_dtype=maps_dtype, fingerprint=fingerprint)
     workers = workers or default_workers()
     t0 = time.perf_counter()
-    new_images = 0
-    stream = decode_stream(source.records(start + resumed_at, stop), model.input_size, workers=workers,
-                           window=max(8 * workers, 2 * batch), max_pixels=max_pixels)
+    with JobStore(out, config) as store:
+        tables, notes = _resume(store, source, fingerprint=fingerprint, max_bytes=max_bytes,
+                                recompute_damaged=recompute_damaged, workers=workers)
+        kept = dict(tables)
+        step, batch = make_step(model, method, batch_size=batch_size, key=jax.random.key(seed), mesh=mesh,
+                                dtype=maps_dtype)
+        work = _Work(step, batch, model.input_size, maps_dtype, targets, model.num_classes,
+                     cmap if save_png else None)
+        todo = [k for k in range(store.num_shards) if k not in tables]
+        stream = decode_stream(_records(source, store, todo), model.input_size, workers=workers,
+                               window=max(8 * workers, 2 * batch), max_pixels=max_pixels, max_bytes=max_bytes,
+                               fingerprint=fingerprint)
+        with reporter(progress, stop - start, desc="batch", initial=_positions(kept)) as report:
+            _compute(store, stream, todo, work, report, tables)
+        if todo and kept and todo[0] < max(kept):  # rows were appended out of order: rewrite them in order
+            store.rebuild_tables(tables)
+    images, errors = (sum(len(t[key]) for t in tables.values()) for key in ("position", "error_position"))
+    return JobSummary(str(out), stop - start, images, errors, _positions(kept), images - _count(kept, "position"),
+                      time.perf_counter() - t0, mesh.devices.size, tuple(notes))
+
+
+def _config(source: Source, model, method: Method, host_range, process, *, seed, targets,
+            shard_size, maps_dtype, fingerprint) -> dict:
+    """job.json: everything a resumed run must share with the run that started the folder."""
+    return {
+        "format": FORMAT_VERSION, "source": source.spec, "source_fingerprint": source.fingerprint,
+        "source_size": source.num_examples, "slice": list(host_range), "process": list(process),
+        "model": model.name, "input_size": list(model.input_size), **describe(method), "seed": seed,
+        "targets": targets,
+        "shard_size": shard_size, "maps_dtype": np.dtype(maps_dtype).name, "fingerprint": fingerprint,
+        "label_names": list(source.label_names) if source.label_names else None,
+    }
+
+
+def _count(tables: dict, key: str) -> int:
+    return sum(len(t[key]) for t in tables.values())
+
+
+def _positions(tables: dict) -> int:
+    return _count(tables, "position") + _count(tables, "error_position")
+
+
+def _resume(store: JobStore, source: Source, *, fingerprint: str, max_bytes: int, recompute_damaged: bool,
+            workers: int) -> tuple[dict[int, dict], list[str]]:
+    """The shards to keep ({k: arrays without maps}), after dropping damaged and changed ones; and notes."""
+    sound, damaged = store.scan()
+    if damaged and not recompute_damaged:
+        k = min(damaged)
+        more = f" (and {len(damaged) - 1} more damaged shards)" if len(damaged) > 1 else ""
+        raise JobError(f"{str(store.shards / shard_name(k))!r} is damaged: {damaged[k]}{more}; rerun with "
+                       "--recompute-damaged (recompute_damaged=True) to compute it again")
+    notes = []
+    if store.stale_lock:
+        notes.append(f"took over the lock of a run that ended without releasing it ({store.stale_lock})")
+    notes += [f"recomputing damaged {shard_name(k)}: {reason}" for k, reason in sorted(damaged.items())]
+    for k, names in sorted(_changed(store, source, sound, fingerprint, max_bytes, workers).items()):
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        notes.append(f"recomputing {shard_name(k)}: {len(names)} image(s) changed since their maps were "
+                     f"computed ({fingerprint}): {shown}")
+        del sound[k]
+    for k in set(range(store.num_shards)) - set(sound):
+        store.discard(k)
+    for note in notes:
+        log.warning("%s: %s", store.out, note)
+    store.rebuild_tables(sound)
+    return sound, notes
+
+
+def _changed(store: JobStore, source: Source, sound: dict, fingerprint: str, max_bytes: int,
+             workers: int) -> dict[int, list[str]]:
+    """{k: ids} of the sound shards' images whose stamp differs from the file now."""
+    if not sound or (fingerprint == "stat" and not getattr(source, "file_stamps", False)):
+        return {}
+    stored = {}
+    for k, t in sound.items():
+        for prefix in ("", "error_"):
+            for position, stamp, name in zip(t[prefix + "position"], t[prefix + "stamp"], t[prefix + "id"]):
+                stored[int(position)] = (k, str(stamp), str(name))
+    changed: dict[int, list[str]] = {}
+    now = current_stamps(_records(source, store, sorted(sound)), fingerprint, max_bytes=max_bytes, workers=workers)
+    for position, stamp in now:
+        k, then, name = stored[position]
+        if stamp != then:
+            changed.setdefault(k, []).append(name)
+    return changed
+
+
+def _records(source: Source, store: JobStore, shards: list[int]):
+    """The source's records of `shards`, read in runs of consecutive shards; a source that ends early stops the job."""
+    for _, run in itertools.groupby(enumerate(shards), key=lambda item: item[1] - item[0]):
+        run = [k for _, k in run]
+        lo, hi = store.shard_range(run[0])[0], store.shard_range(run[-1])[1]
+        count = 0
+        for record in source.records(lo, hi):
+            count += 1
+            yield record
+        if count != hi - lo:
+            raise JobError(f"{source.spec!r} ended early: expected positions up to {hi}, got {lo + count}; "
+                           "the source changed while the job ran")
+
+
+def _compute(store: JobStore, stream, todo: list[int], work: _Work, report, tables: dict) -> None:
+    """Computes the shards `todo` from `stream`, writing each while the next is computed; adds them to `tables`."""
     writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
-    pending_write = None
+    pending = None
     try:
-        for k in range(done, num_shards):
-            lo = start + k * shard_size
-            count = min(shard_size, stop - lo)
-            good, bad = [], []
-            batcher = _Batcher(step, batch, report, model.input_size, maps_dtype)
-            for _ in range(count):  # batches go to the devices as soon as they fill
-                ex = next(stream, None)
-                if ex is None:
-                    raise JobError(f"{source.spec!r} ended early: expected {stop - start} images, the source "
-                                   "changed while the job ran")
-                ex, target = _classify(ex, targets, model.num_classes)
-                if target is None:
-                    bad.append(ex)
-                    report(1)
-                else:
-                    good.append((ex, target))
-                    batcher.add(ex.image, target)
-            outputs = batcher.finish()
-            arrays = _shard_arrays(lo, lo + count, good, bad, outputs)
-            overlays = _overlays(good, outputs.maps, cmap) if save_png else ()
-            if pending_write is not None:
-                pending_write.result()  # one shard in flight at most; surfaces write errors
-            pending_write = writer.submit(store.commit, k, arrays, overlays)
-            images += len(good)
-            errors += len(bad)
-            new_images += len(good)
-        if pending_write is not None:
-            pending_write.result()
+        for k in todo:
+            arrays, overlays = _shard(stream, *store.shard_range(k), work, report)
+            if pending is not None:
+                pending.result()  # one shard in flight at most; surfaces write errors
+            pending = writer.submit(store.commit, k, arrays, overlays)
+            tables[k] = {key: value for key, value in arrays.items() if key != "maps"}
+        if pending is not None:
+            pending.result()
     finally:
         stream.close()
         writer.shutdown(wait=True)
-        if bar is not None:
-            bar.close()
-    return JobSummary(str(out), stop - start, images, errors, resumed_at, new_images,
-                      time.perf_counter() - t0, mesh.devices.size)
+
+
+def _shard(stream, lo: int, hi: int, work: _Work, report) -> tuple[dict, list]:
+    """Shard [lo, hi)'s arrays and overlays; batches go to the devices as soon as they fill."""
+    good, bad = [], []
+    batcher = _Batcher(work.step, work.batch, report, work.size, work.maps_dtype)
+    for _ in range(lo, hi):
+        ex, target = _classify(next(stream), work.targets, work.num_classes)
+        if target is None:
+            bad.append(ex)
+            report(1)
+        else:
+            good.append((ex, target))
+            batcher.add(ex.image, target)
+    outputs = batcher.finish()
+    overlays = _overlays(good, outputs.maps, work.cmap) if work.cmap else []
+    return _shard_arrays(lo, hi, good, bad, outputs), overlays
 
 
 class _Outputs:
@@ -277,12 +382,13 @@ def _shard_arrays(lo: int, hi: int, good, bad, outputs: _Outputs) -> dict:
         "start": np.int64(lo), "stop": np.int64(hi),
         "position": np.array([ex.position for ex, _ in good], np.int64),
         "id": _strings(ex.id for ex, _ in good), "path": _strings(ex.path for ex, _ in good),
+        "stamp": _strings(ex.stamp for ex, _ in good),
         "label": np.array([ex.label for ex, _ in good], np.int32),
         "target": outputs.target, "predicted": outputs.predicted,
         "score": outputs.score, "target_score": outputs.target_score, "maps": outputs.maps,
         "error_position": np.array([ex.position for ex in bad], np.int64),
         "error_id": _strings(ex.id for ex in bad), "error_path": _strings(ex.path for ex in bad),
-        "error_reason": _strings(ex.error for ex in bad),
+        "error_reason": _strings(ex.error for ex in bad), "error_stamp": _strings(ex.stamp for ex in bad),
     }
 
 

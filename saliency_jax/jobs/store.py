@@ -1,28 +1,41 @@
-"""The output folder of a batch job: atomic NPZ shards, an index, an errors file, resumable.
+"""The output folder of a batch job: atomic NPZ shards, an index, an errors file, a lock, resumable.
 
     OUT/job.json              what the job computes (a resumed run must match it)
+    OUT/job.lock              held (flock) by the run writing the folder: "pid N on HOST since TIME"
     OUT/shards/shard-00000.npz  source positions [0, S), shard-00001 [S, 2S), ...
     OUT/index.csv             one row per image processed (header below)
     OUT/errors.txt            one line per image that could not be used: PATH<TAB>REASON
     OUT/png/<id>_overlay.png  optional overlays
 
 A shard covers a fixed range of source *positions* -- good and bad images alike
--- and holds both their outputs and their error records. It is written to a
-temporary file, fsynced, then renamed (`os.replace`, atomic on POSIX), so a shard
-file either is complete or does not exist, whenever the process dies. The shards
-are the truth: on start, the completed shards are counted (a contiguous run from
-0), stale temporary files are removed, and `index.csv` / `errors.txt` are
-rebuilt from those shards; each new shard then appends its rows. A resumed run
-therefore recomputes at most one shard and never loses or duplicates an image.
+-- and holds both their outputs and their error records, with a stamp per
+image (what version of the file was read). It is written to a temporary file,
+fsynced, then renamed (`os.replace`, atomic on POSIX), so a shard file either is
+complete or does not exist, whenever the process dies. The shards are the
+truth: on start, every shard present is checked against the job (keys, shapes,
+dtypes, range; read from the array headers, the maps themselves are not read),
+stale temporary files are removed, and `index.csv` / `errors.txt` are rebuilt
+from the shards kept; each new shard then appends its rows. Text files are
+UTF-8; bytes of a file name that are not UTF-8 are written as ``\\xNN``.
+
+One writer at a time: `JobStore` takes an exclusive `fcntl.flock` on
+``job.lock`` and a second run on the same folder is refused in one line naming
+the holder. The kernel drops the lock when its process dies (``kill -9``
+included), so a killed run's lock is taken over by the next run, which says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import fcntl
 import io
 import json
+import os
 import pathlib
 import re
+import socket
 import tempfile
 import zipfile
 
@@ -31,15 +44,29 @@ import numpy as np
 from saliency_jax.checkpoints.cache import atomic_write
 
 INDEX_COLUMNS = ("position", "id", "path", "label", "target", "predicted", "score", "target_score", "shard", "row")
+ROW_KEYS = {"position": "i", "id": "U", "path": "U", "label": "i", "target": "i", "predicted": "i",
+            "score": "f", "target_score": "f", "stamp": "U"}
+"""Per-image arrays of a shard [n] and their dtype kinds; ``maps`` [n,h,w] besides."""
+ERROR_KEYS = {"error_position": "i", "error_id": "U", "error_path": "U", "error_reason": "U", "error_stamp": "U"}
+"""Per-error arrays of a shard [m]."""
 _SHARD = re.compile(r"^shard-(\d{5,})\.npz$")
+_TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
 class JobError(RuntimeError):
     """A job that cannot go on (unwritable folder, disk full, a different job in the folder): one line."""
 
 
+class DamagedShard(Exception):
+    """A shard file that does not hold what the job writes; ``str(err)`` is the reason."""
+
+
 def _reason(err: OSError) -> str:
     return err.strerror or str(err)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
 
 
 def shard_name(k: int) -> str:
@@ -64,39 +91,111 @@ def ensure_writable(folder) -> None:
         raise JobError(f"output folder {str(folder)!r} is not writable: {_reason(e)}") from None
 
 
+class JobLock:
+    """An exclusive lock on a job folder: `fcntl.flock` on ``folder/job.lock``, released by `release()`
+    or by the kernel when the process dies.
+
+    Attributes:
+      stale: what a run that died holding the lock had written in it
+        (``"pid N on HOST since TIME"``), else ``None``.
+
+    Raises:
+      JobError: another live process holds the lock (the message names it).
+    """
+
+    def __init__(self, folder):
+        self.path = pathlib.Path(folder) / "job.lock"
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise JobError(f"cannot create {str(self.path)!r}: {_reason(e)}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder() or "a process that has not written its name yet"
+            os.close(self._fd)
+            raise JobError(f"{str(self.path.parent)!r} is in use by another batch run ({holder}); wait for it "
+                           "to finish, or use another --out") from None
+        except OSError as e:
+            os.close(self._fd)
+            raise JobError(f"cannot lock {str(self.path)!r}: {_reason(e)}") from None
+        self.stale = self._holder() or None
+        since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+
+    def _holder(self) -> str:
+        return _one_line(os.pread(self._fd, 400, 0).decode("utf-8", "replace"))
+
+    def release(self) -> None:
+        """Empties the lock file (a clean end leaves nothing stale) and unlocks it; idempotent."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing the last descriptor releases the flock
+        self._fd = None
+
+
 class JobStore:
-    """Creates or reopens a job's output folder.
+    """Creates or reopens a job's output folder, holding its lock until `close()` (or the ``with`` block ends).
 
     Args:
       out_dir: the folder (created with its parents).
       config: JSON-able description of the job; a folder holding a job with a
-        different description is refused (a resume must be the same job).
+        different description is refused (a resume must be the same job). It
+        must hold ``slice`` [start, stop), ``shard_size``, ``input_size`` (h, w)
+        and ``maps_dtype``: what every shard is checked against.
+
+    Attributes:
+      num_shards: shards the job has.
+      stale_lock: the holder line a killed run left in the lock, else ``None``.
 
     Raises:
-      JobError: the folder cannot be created or written, or holds another job.
+      JobError: the folder cannot be created or written, is in use by another
+        run, or holds another job.
     """
 
     def __init__(self, out_dir, config: dict):
         self.out = pathlib.Path(out_dir)
         self.shards = self.out / "shards"
         ensure_writable(self.shards)
-        config = json.loads(json.dumps(config))  # normalise tuples etc.
-        job_file = self.out / "job.json"
-        if job_file.exists():
-            try:
-                saved = json.loads(job_file.read_text())
-            except (OSError, ValueError) as e:
-                raise JobError(f"cannot read {job_file}: {e}") from None
-            differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            if differ:
-                details = "; ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in differ[:3])
-                raise JobError(f"{str(self.out)!r} holds a different job ({details}); "
-                               "resume with the same command or use a new --out")
-        else:
-            self._write(job_file, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n"))
-        self.config = config
-        for stale in self.shards.glob(".*.tmp"):
+        self._lock = JobLock(self.out)
+        self.stale_lock = self._lock.stale
+        try:
+            self.config = self._check_job(json.loads(json.dumps(config)))  # normalise tuples etc.
+        except BaseException:
+            self._lock.release()
+            raise
+        start, stop = self.config["slice"]
+        self.num_shards = -(-(stop - start) // self.config["shard_size"])
+        for stale in self.shards.glob(".shard-*.tmp"):
             stale.unlink(missing_ok=True)
+
+    def _check_job(self, config: dict) -> dict:
+        job_file = self.out / "job.json"
+        if not job_file.exists():
+            self._write(job_file, lambda f: f.write(json.dumps(config, indent=2, sort_keys=True).encode() + b"\n"))
+            return config
+        try:
+            saved = json.loads(job_file.read_text())
+        except (OSError, ValueError) as e:
+            raise JobError(f"cannot read {job_file}: {e}") from None
+        differ = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        if differ:
+            details = "; ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in differ[:3])
+            raise JobError(f"{str(self.out)!r} holds a different job ({details}); "
+                           "resume with the same command or use a new --out")
+        return config
+
+    def close(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "JobStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _write(self, path: pathlib.Path, write) -> None:
         try:
@@ -104,36 +203,60 @@ class JobStore:
         except OSError as e:
             raise JobError(f"cannot write {str(path)!r}: {_reason(e)}") from None
 
-    # ---- resuming ---------------------------------------------------------------------------
-    def completed_shards(self) -> int:
-        """How many shards 0, 1, ... k-1 are complete (the resume point is shard k)."""
-        k = 0
-        while (self.shards / shard_name(k)).exists():
-            try:
-                with zipfile.ZipFile(self.shards / shard_name(k)) as z:
-                    if "position.npy" not in z.namelist():
-                        break
-            except (OSError, zipfile.BadZipFile):
-                break
-            k += 1
-        for later in self.shards.glob("shard-*.npz"):  # beyond a gap: never trusted, recomputed
-            m = _SHARD.match(later.name)
-            if m and int(m.group(1)) >= k:
-                later.unlink()
-        return k
+    def shard_range(self, k: int) -> tuple[int, int]:
+        """Source positions [lo, hi) of shard k."""
+        start, stop = self.config["slice"]
+        lo = start + k * self.config["shard_size"]
+        return lo, min(lo + self.config["shard_size"], stop)
 
-    def rebuild_tables(self, num_shards: int) -> tuple[int, int]:
-        """Rewrites index.csv and errors.txt from shards [0, num_shards); returns (images, errors)."""
+    # ---- resuming ---------------------------------------------------------------------------
+    def scan(self) -> tuple[dict[int, dict], dict[int, str]]:
+        """The shards present: ({k: arrays without maps} of sound ones, {k: reason} of damaged ones)."""
+        sound, damaged = {}, {}
+        for path in sorted(self.shards.glob("shard-*.npz")):
+            m = _SHARD.match(path.name)
+            if not m or int(m.group(1)) >= self.num_shards:
+                continue
+            k = int(m.group(1))
+            try:
+                sound[k] = self._checked(path, *self.shard_range(k))
+            except DamagedShard as e:
+                damaged[k] = str(e)
+        return sound, damaged
+
+    def _checked(self, path: pathlib.Path, lo: int, hi: int) -> dict:
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                missing = [key for key in (*ROW_KEYS, *ERROR_KEYS, "start", "stop", "maps") if key not in z.files]
+                if missing:
+                    raise DamagedShard(f"missing {', '.join(map(repr, missing))}")
+                arrays = {name: z[name] for name in z.files if name != "maps"}
+                maps_shape, maps_dtype = _npy_header(z.zip, "maps.npy")
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise DamagedShard(f"unreadable ({_one_line(e)})") from None
+        _check_arrays(arrays, lo, hi)
+        expected = (len(arrays["position"]), *self.config["input_size"])
+        if maps_shape != expected:
+            raise DamagedShard(f"'maps' has shape {maps_shape}, expected {expected}")
+        if maps_dtype != np.dtype(self.config["maps_dtype"]):
+            raise DamagedShard(f"'maps' has dtype {maps_dtype}, expected {self.config['maps_dtype']}")
+        return arrays
+
+    def discard(self, k: int) -> None:
+        """Removes shard k (damaged, or its images changed): it is computed again."""
+        (self.shards / shard_name(k)).unlink(missing_ok=True)
+
+    def rebuild_tables(self, shards: dict[int, dict]) -> tuple[int, int]:
+        """Rewrites index.csv and errors.txt from `shards` ({k: arrays}, in k order); returns (images, errors)."""
         index, errors = io.StringIO(), io.StringIO()
         writer = csv.writer(index, lineterminator="\n")
         writer.writerow(INDEX_COLUMNS)
         n_images = n_errors = 0
-        for k in range(num_shards):
-            shard = load_shard(self.shards / shard_name(k), maps=False)
-            n_images += self._index_rows(writer, k, shard)
-            n_errors += self._error_lines(errors, shard)
-        self._write(self.out / "index.csv", lambda f: f.write(index.getvalue().encode()))
-        self._write(self.out / "errors.txt", lambda f: f.write(errors.getvalue().encode()))
+        for k in sorted(shards):
+            n_images += self._index_rows(writer, k, shards[k])
+            n_errors += self._error_lines(errors, shards[k])
+        self._write(self.out / "index.csv", lambda f: f.write(index.getvalue().encode(**_TEXT)))
+        self._write(self.out / "errors.txt", lambda f: f.write(errors.getvalue().encode(**_TEXT)))
         return n_images, n_errors
 
     @staticmethod
@@ -172,10 +295,39 @@ class JobStore:
         try:
             for name, text in (("index.csv", index.getvalue()), ("errors.txt", errors.getvalue())):
                 if text:
-                    with open(self.out / name, "a", encoding="utf-8") as f:
+                    with open(self.out / name, "a", **_TEXT) as f:
                         f.write(text)
         except OSError as e:
             raise JobError(f"cannot append to {str(self.out)!r}: {_reason(e)}") from None
+
+
+def _npy_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) of an array in an NPZ, from its .npy header only (the data is not read)."""
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read:
+            raise DamagedShard(f"'maps' has an unknown .npy version {version}")
+        shape, _, dtype = read[version](f)
+    return tuple(shape), dtype
+
+
+def _check_arrays(arrays: dict, lo: int, hi: int) -> None:
+    """DamagedShard unless the per-row arrays agree in length and kind and cover positions [lo, hi)."""
+    for keys, count in ((ROW_KEYS, "position"), (ERROR_KEYS, "error_position")):
+        n = len(arrays[count]) if arrays[count].ndim == 1 else -1
+        for key, kind in keys.items():
+            a = arrays[key]
+            if a.shape != (n,) or a.dtype.kind != kind:
+                raise DamagedShard(f"{key!r} has shape {a.shape} and dtype {a.dtype}, expected ({n},) of kind "
+                                   f"{kind!r}")
+    if any(arrays[key].shape != () or arrays[key].dtype.kind != "i" for key in ("start", "stop")):
+        raise DamagedShard("'start'/'stop' are not integers")
+    covers = (int(arrays["start"]), int(arrays["stop"]))
+    positions = np.sort(np.concatenate([arrays["position"], arrays["error_position"]]))
+    if covers != (lo, hi) or not np.array_equal(positions, np.arange(lo, hi)):
+        raise DamagedShard(f"covers positions {covers} with {len(arrays['position'])} images and "
+                           f"{len(arrays['error_position'])} errors, expected [{lo}, {hi})")
 
 
 def load_shard(path, *, maps: bool = True) -> dict:
