@@ -29,7 +29,7 @@ from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
-from saliency_jax.checkpoints.budget import DEFAULT_BUDGET, Budget, Meter, check_inflation, size_text
+from saliency_jax.checkpoints.budget import DEFAULT_BUDGET, Budget, Meter, read_zip_record, size_text
 from saliency_jax.checkpoints.errors import CheckpointError, UnsafeCheckpointError, describe, one_line
 from saliency_jax.checkpoints.torch_tensors import (
     TORCH_GLOBALS,
@@ -41,7 +41,7 @@ from saliency_jax.checkpoints.torch_tensors import (
 )
 from saliency_jax.checkpoints.unpickler import Unpickler
 
-__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint", "read_zip_record"]
+__all__ = ["CheckpointError", "UnsafeCheckpointError", "load_torch_checkpoint"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
@@ -83,20 +83,6 @@ def _unpickle(file: BinaryIO, budget: Budget, load_storage: Callable[..., Storag
 
 
 # --- the zip layout ------------------------------------------------------------
-
-
-def read_zip_record(archive: zipfile.ZipFile, name: str, budget: Budget, meter: Meter,
-                    limit: int | None = None) -> bytes:
-    """A zip record's bytes, after checking its declared size (ratio, `meter`, `limit`) before inflating."""
-    info = archive.getinfo(name)
-    what = f"zip record {describe(name)}"
-    if limit is not None and info.file_size > limit:
-        raise CheckpointError(f"{what} declares {size_text(info.file_size)}, over {size_text(limit)}")
-    if info.compress_type != zipfile.ZIP_STORED:
-        check_inflation(budget, info.file_size, info.compress_size, what)
-    meter.charge(info.file_size, what)
-    with archive.open(info) as record:  # zipfile never yields more than the declared size
-        return record.read()
 
 
 def _zip_prefix(archive: zipfile.ZipFile) -> str:
