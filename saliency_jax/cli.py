@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=_positive_int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_model_options(p)
+    _add_input_limits(p)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass (default 32)")
     p.set_defaults(run=run_predict)
 
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--target", default="top1", type=_target, help="'top1' or a class index (default top1)")
     e.add_argument("--out", default="saliency_out", help="output folder (default ./saliency_out)")
     _add_model_options(e)
+    _add_input_limits(e)
     e.add_argument("--cmap", default="inferno", help="colormap for heatmaps and overlays (default inferno)")
     e.add_argument("--dim", type=_unit_interval, default=None,
                    help="darken the photo in overlays where the map is low, 0..1 (default 0.5, render.OVERLAY_DIM)")
@@ -168,10 +170,22 @@ def _target(text: str):
         raise argparse.ArgumentTypeError(f"expected 'top1' or a class index, got {text!r}") from None
 
 
-def _load_inputs(paths: Sequence[str]):
-    """(loaded [(name, uint8 image)], errors [(name, message)]); bundled examples if no paths."""
+def _add_input_limits(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels and --max-bytes, shared by every command that reads image files."""
+    from saliency_jax.data import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                        help=f"larger images are errors, never decoded (default {DEFAULT_MAX_PIXELS})")
+    parser.add_argument("--max-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,
+                        help=f"larger files are errors, never read (default {DEFAULT_MAX_BYTES} = 256 MiB)")
+
+
+def _load_inputs(args):
+    """(loaded [(name, uint8 image)], errors [(name, message)]) of args.images within args.max_pixels and
+    args.max_bytes; the bundled examples if no paths."""
     from saliency_jax import images
 
+    paths = args.images
     if not paths:
         bundled = images.bundled_images()
         print(f"no images given: using the bundled examples ({', '.join(bundled)})", file=sys.stderr)
@@ -179,14 +193,14 @@ def _load_inputs(paths: Sequence[str]):
     loaded, errors = [], []
     for path in paths:
         try:
-            loaded.append((path, images.load_image(path)))
+            loaded.append((path, images.load_image(path, max_pixels=args.max_pixels, max_bytes=args.max_bytes)))
         except images.ImageError as err:
             errors.append((path, str(err)))
     return loaded, errors
 
 
 def run_predict(args) -> int:
-    loaded, errors = _load_inputs(args.images)
+    loaded, errors = _load_inputs(args)
     for path, message in errors:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     results = []
@@ -217,7 +231,7 @@ def run_explain(args) -> int:
     from saliency_jax.progress import open_bar
     from saliency_jax.methods import attribute
 
-    loaded, errors = _load_inputs(args.images)
+    loaded, errors = _load_inputs(args)
     for path, message in errors:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     if not loaded:
@@ -424,6 +438,7 @@ def _add_localize_command(sub) -> None:
     z.add_argument("--smooth", type=float, default=0.0,
                    help="Gaussian blur of the map before seeding, in map pixels (default 0, the paper)")
     _add_model_options(z)
+    _add_input_limits(z)
     z.add_argument("--seed", type=int, default=0, help="random seed for noise-based methods")
     z.set_defaults(run=run_localize)
 
@@ -446,7 +461,7 @@ def run_localize(args) -> int:
             import_cv2()
         except ImportError as err:
             raise CliError(f"{err} (or use --segmentation threshold)") from None
-    loaded, errors = _load_inputs(args.images)
+    loaded, errors = _load_inputs(args)
     for path, message in errors:
         print(f"saliency-jax: error: {message}", file=sys.stderr)
     if not loaded:
@@ -499,7 +514,7 @@ def run_demo(args) -> int:
 
 # ---- batch: a whole folder / glob / TFDS split, resumable, data parallel (saliency_jax.jobs) ----
 def _add_batch_command(sub) -> None:
-    from saliency_jax.data import DEFAULT_MAX_PIXELS
+    from saliency_jax.data import FINGERPRINTS
     from saliency_jax.methods import available_methods
 
     b = sub.add_parser(
@@ -529,8 +544,12 @@ def _add_batch_command(sub) -> None:
     b.add_argument("--labels", default="auto", choices=("auto", "dirs", "none"),
                    help="folder labels from ROOT/<class>/<image> (default auto)")
     b.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU cores)")
-    b.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
-                   help=f"larger images are listed as errors, never decoded (default {DEFAULT_MAX_PIXELS})")
+    _add_input_limits(b)
+    b.add_argument("--fingerprint", default="stat", choices=FINGERPRINTS,
+                   help="on resume, how a changed image is told (its shard is computed again): 'stat' size and "
+                        "mtime, 'content' a hash of every finished image, read again (default stat)")
+    b.add_argument("--recompute-damaged", action="store_true",
+                   help="on resume, compute a damaged shard again instead of stopping with its name")
     b.add_argument("--distributed", action="store_true",
                    help="multi-host: jax.distributed.initialize(); each host takes its slice of SOURCE")
     b.add_argument("--coordinator", default=None, help="with --distributed: coordinator HOST:PORT")
@@ -577,6 +596,7 @@ def run_batch(args) -> int:
             source, model, args.out, method=method, targets=args.targets, batch_size=args.batch_size,
             shard_size=args.shard_size, seed=args.seed, float16=args.float16,
             save_png=args.save_png, cmap=args.cmap, workers=args.workers, max_pixels=args.max_pixels,
+            max_bytes=args.max_bytes, fingerprint=args.fingerprint, recompute_damaged=args.recompute_damaged,
             progress=not args.no_progress,
         )
     except JobError as err:
