@@ -9,23 +9,32 @@ maximisation objective runs on it unchanged:
     >>> model = from_function(my_fn, params, layers=("conv2",), input_size=(32, 32))
     >>> maps = saliency_jax.attribute(model, x, "top1", method="gradcam", layer="conv2")
 
-The user's model must map a float batch x [B,H,W,3] to logits [B,K]
-(unnormalised scores). Its `Model.module` is a small linen adapter that runs
-the user's computation in inference mode and *taps* the requested layers:
-each tapped activation is returned as a named feature and is a perturbation
-point (collection "perturbations", as in the zoo models), which is how
-Grad-CAM and the maximisation objectives reach it.
+(Equinox and Keras 3: `models.equinox_adapter.from_equinox`, `models.keras_adapter.from_keras`.)
+
+The user's model maps a float batch x [B,H,W,C] to logits [B,K]
+(unnormalised scores), C = `channels` (3 by default; 1 for grayscale, more
+for multispectral). Its `Model.module` is a small linen adapter
+(`models.build`) that runs the user's computation in inference mode and taps
+the requested layers; every check is made once, when the `Model` is built.
 
 Layer names (`layers=`):
   * linen: the submodule's path, "/"-joined (flax's own convention), e.g.
     "Conv_1" or "backbone/conv3"; the output of its `__call__` is tapped.
   * NNX: the submodule's attribute path, "."-joined, e.g. "conv2" or
-    "blocks.0" (item 0 of `self.blocks`); the output of its `__call__` is tapped.
-  * function: whatever names the function passes to `tap(name, h)`.
-A tapped layer must produce one array and run once per forward pass (a shared
-submodule called twice cannot be tapped). Unknown names raise a ValueError
-that lists the available ones. `Model.layers` lists the taps in forward order
-(the order in which their outputs are computed).
+    "blocks.0" (item 0 of `self.blocks`); the output of its `__call__` is
+    tapped (for `nnx.Conv`: before the activation that follows it).
+  * function: whatever names the function passes to `tap(name, h)`; the model
+    must go on with tap's return value (a dropped one is refused).
+A tapped layer must produce one array, run once per forward pass (a shared
+submodule called twice cannot be tapped) and reach the logits. Unknown names
+raise a ValueError that lists the available ones. `Model.layers` lists the
+taps in forward order (the order in which their outputs are computed).
+
+Layouts (`layouts=`): a layer the user's model computes channels-first is
+declared `{"conv2": "CHW"}` (per image; "HWC", channels-last, is the default)
+and recorded as [B,h,w,K]; an undeclared layer that looks channels-first, or
+is ambiguous, is refused (`models.layouts`). `layout="CHW"` on `from_function`
+makes the function take x as [B,C,H,W] (the `Model` still takes [B,H,W,C]).
 
 Variables: the `Model`'s pytree leaves. For linen they are exactly the user's
 variables (the adapter shares the user module's scope, so
@@ -35,9 +44,12 @@ are the module's state split by kind (`{"params": ..., "batch_stats": ...,
 a function, `{"params": params}` (a params pytree that is not a dict with
 string keys is stored as `{"params": {"fn": params}}`).
 
-Limitations: the input has 3 channels (the `Model` contract); the user's model
-must not use the "perturbations" collection itself; linen submodules are tapped
-on `__call__` only.
+Preprocessing: `mean`/`std` are in uint8 units, `x = (uint8 - mean) / std`
+(`Model.preprocess`, and `deprocess` for visualisations): a model trained on
+x in [0, 1] needs std=255; ImageNet-normalised inputs mean=(123.675, 116.28,
+103.53), std=(58.395, 57.12, 57.375). Limitations: the user's model must not
+use the "perturbations" collection itself; linen submodules are tapped on
+`__call__` only.
 """
 
 from __future__ import annotations
@@ -48,67 +60,21 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from saliency_jax.models.build import Adapter, Spec, Tap, Taps, build_model
+from saliency_jax.models.layouts import check_layout
 from saliency_jax.models.model import Model
 
-Tap = Callable[[str, jax.Array], jax.Array]
-_CHECK_BATCH = 2  # batch size of the construction-time shape trace
+_UNUSED = ": its output is not used by the logits, so nothing can be explained through it"
 
 
-# ---- adapters: linen modules with the `Model` contract ------------------------------------
-
-
-def _perturb(module: nn.Module, name: str, y):
-    """`y` plus the perturbation variable `name`, if one is given (or the collection is mutable).
-
-    Like `Module.perturb`, but reads/writes the variable without reserving the
-    name in the scope, so a layer may share its name with a submodule (the
-    linen adapter shares the user module's scope: layer "Conv_0" is also a
-    child scope there).
-    """
-    if module.is_mutable_collection("perturbations") and not module.has_variable("perturbations", name):
-        module.put_variable("perturbations", name, jnp.zeros_like(y))
-    if module.has_variable("perturbations", name):
-        y = y + module.get_variable("perturbations", name)
-    return y
-
-
-class _Adapter(nn.Module):
-    """Base: `__call__(x[B,H,W,C]) -> (logits[B,K], {layer: activation})`, taps via `_run(x, tap)`.
-
-    `layers=None` is the discovery mode used at construction: the features
-    are instead a list of `{name: activation}`, one per tap in call order (a
-    list, because pytree dicts come back with sorted keys), and nothing is
-    perturbed.
-    """
-
-    def _run(self, x, tap: Tap):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __call__(self, x):
-        feats: dict[str, Any] = {}
-        calls: list[dict[str, Any]] = []
-
-        def tap(name: str, y):
-            if self.layers is None:
-                calls.append({name: y})
-            elif name in self.layers:
-                y = feats[name] = _perturb(self, name, y)
-            return y
-
-        logits = self._run(x, tap)
-        return logits, (calls if self.layers is None else feats)
-
-
-class LinenAdapter(_Adapter):
+class LinenAdapter(Adapter):
     """Runs a user's linen module in its own scope and taps its submodules' `__call__` outputs."""
 
     module: nn.Module
-    layers: tuple[str, ...] | None = ()
     call_kwargs: tuple[tuple[str, Any], ...] = ()
+    taps: Taps = Taps()
 
     def setup(self):
         nn.share_scope(self, self.module)  # the user's variables stay exactly as they are
@@ -125,8 +91,8 @@ class LinenAdapter(_Adapter):
             return self.module(x, **dict(self.call_kwargs))
 
 
-class _TappedSubmodule:
-    """Stands in for an NNX submodule on the merged copy: calls it, then taps the output."""
+class TappedCall:
+    """Stands in for a submodule (NNX, Equinox) on a per-call copy: calls it, then taps the output."""
 
     def __init__(self, inner, name: str, tap: Tap):
         self._inner, self._name, self._tap = inner, name, tap
@@ -148,22 +114,22 @@ class _TappedSubmodule:
         return len(self._inner)
 
 
-class NNXAdapter(_Adapter):
+class NNXAdapter(Adapter):
     """Merges an NNX module from its graphdef and the variables (inside the trace), in eval mode."""
 
     graphdef: Any
     collections: tuple[str, ...] = ("params",)
-    layers: tuple[str, ...] | None = ()
     call_kwargs: tuple[tuple[str, Any], ...] = ()
+    taps: Taps = Taps()
 
     def _run(self, x, tap):
         module = nnx.merge(self.graphdef, *(self.variables[c] for c in self.collections))
         module.eval()  # a fresh copy: the user's object keeps its mode
         for path, sub in list(nnx.iter_modules(module)):  # children before parents
             name = _nnx_name(path)
-            if path and callable(sub) and (self.layers is None or name in self.layers):
+            if path and callable(sub) and (self.taps.layers is None or name in self.taps.layers):
                 parent = _nnx_get(module, path[:-1])
-                wrapper = _TappedSubmodule(sub, name, tap)
+                wrapper = TappedCall(sub, name, tap)
                 if isinstance(path[-1], str) and not isinstance(parent, Mapping):
                     setattr(parent, path[-1], wrapper)
                 else:
@@ -171,14 +137,14 @@ class NNXAdapter(_Adapter):
         return module(x, **dict(self.call_kwargs))
 
 
-class FunctionAdapter(_Adapter):
+class FunctionAdapter(Adapter):
     """Runs `fn([params,] x[, tap=tap])` (see `from_function`)."""
 
     fn: Callable
     has_params: bool = True
     boxed: bool = False
     takes_tap: bool = False
-    layers: tuple[str, ...] | None = ()
+    taps: Taps = Taps()
 
     def _run(self, x, tap):
         args = (x,)
@@ -194,7 +160,7 @@ def _nnx_name(path) -> str:
 
 def _nnx_get(module, path):
     for key in path:
-        module = module._inner if isinstance(module, _TappedSubmodule) else module
+        module = module._inner if isinstance(module, TappedCall) else module
         module = module[key] if isinstance(key, int) or isinstance(module, Mapping) else getattr(module, key)
     return module
 
@@ -208,6 +174,8 @@ def from_linen(
     *,
     layers: Sequence[str] = (),
     input_size: int | tuple[int, int],
+    channels: int = 3,
+    layouts: Mapping[str, str] | None = None,
     mean: float | Sequence[float] = 0.0,
     std: float | Sequence[float] = 1.0,
     labels: Sequence[str] | None = None,
@@ -217,12 +185,16 @@ def from_linen(
     """A `Model` of a user's Flax linen classifier.
 
     Args:
-      module: an unbound linen module, `module.apply(variables, x[B,H,W,3],
+      module: an unbound linen module, `module.apply(variables, x[B,H,W,C],
         **call_kwargs) -> logits[B,K]`. Its fields must be hashable.
       variables: what `module.init` returns (all collections: params, batch_stats, ...).
       layers: submodule paths to tap, "/"-joined (e.g. "Conv_1", "backbone/conv3").
-      input_size: (height, width) (or one int) that `preprocess` resizes to.
-      mean, std: preprocessing `x = (uint8 - mean) / std`, scalar or per channel.
+      input_size: (height, width) (or one int) that `preprocess` resizes to; a model
+        that only runs at this size (flatten + dense) refuses other sizes in one line.
+      channels: C of the input (1: grayscale, 3: RGB, more: multispectral).
+      layouts: {layer: "CHW"} for layers computed channels-first (default "HWC").
+      mean, std: preprocessing `x = (uint8 - mean) / std`, scalar or per channel, in
+        uint8 units (a model trained on x in [0, 1]: std=255).
       labels: K class names (default "class_0", ...).
       call_kwargs: extra keyword arguments for `__call__`, hashable values,
         e.g. `{"train": False}` to select inference mode.
@@ -244,8 +216,9 @@ def from_linen(
     if not isinstance(variables, Mapping) or (variables and "params" not in variables):
         keys = list(variables) if isinstance(variables, Mapping) else type(variables).__name__
         raise ValueError(f"variables must be what module.init returns, {{'params': ..., ...}}; got {keys}")
-    adapter = LinenAdapter(module.clone(parent=None, name=None), layers=None, call_kwargs=_static_kwargs(call_kwargs))
-    return _build(adapter, dict(variables), layers, input_size, mean, std, labels, name or type(module).__name__)
+    adapter = LinenAdapter(module.clone(parent=None, name=None), call_kwargs=_static_kwargs(call_kwargs))
+    spec = Spec(input_size, layers, channels, layouts, mean, std, labels)
+    return build_model(adapter, dict(variables), spec, name or type(module).__name__, unused_hint=_UNUSED)
 
 
 def from_nnx(
@@ -253,6 +226,8 @@ def from_nnx(
     *,
     layers: Sequence[str] = (),
     input_size: int | tuple[int, int],
+    channels: int = 3,
+    layouts: Mapping[str, str] | None = None,
     mean: float | Sequence[float] = 0.0,
     std: float | Sequence[float] = 1.0,
     labels: Sequence[str] | None = None,
@@ -266,12 +241,14 @@ def from_nnx(
     "nnx_state": ...}` (empty kinds left out). Each forward pass merges a fresh
     copy, switches it to eval mode (`.eval()`: batch norm uses running
     statistics, dropout is off) and taps the named submodules on that copy;
-    the user's object is never modified.
+    the user's object is never modified. A tap is the submodule's output: for
+    an `nnx.Conv` followed by `nnx.relu` in the parent's `__call__`, the
+    pre-activation (wrap conv and activation in a submodule to tap after it).
 
     Args:
-      module: `module(x[B,H,W,3], **call_kwargs) -> logits[B,K]`.
+      module: `module(x[B,H,W,C], **call_kwargs) -> logits[B,K]`.
       layers: submodule attribute paths, "."-joined (e.g. "conv2", "blocks.0").
-      input_size, mean, std, labels, call_kwargs, name: as in `from_linen`.
+      input_size, channels, layouts, mean, std, labels, call_kwargs, name: as in `from_linen`.
 
     Example:
       >>> net = MyNNXNet(rngs=nnx.Rngs(0))
@@ -282,8 +259,9 @@ def from_nnx(
     graphdef, params, batch_stats, rest = nnx.split(module, nnx.Param, nnx.BatchStat, ...)
     states = {"params": params, "batch_stats": batch_stats, "nnx_state": rest}
     variables = {c: nnx.to_pure_dict(s) for c, s in states.items() if jax.tree.leaves(s)}
-    adapter = NNXAdapter(graphdef, tuple(variables), layers=None, call_kwargs=_static_kwargs(call_kwargs))
-    return _build(adapter, variables, layers, input_size, mean, std, labels, name or type(module).__name__)
+    adapter = NNXAdapter(graphdef, tuple(variables), call_kwargs=_static_kwargs(call_kwargs))
+    spec = Spec(input_size, layers, channels, layouts, mean, std, labels)
+    return build_model(adapter, variables, spec, name or type(module).__name__, unused_hint=_UNUSED)
 
 
 def from_function(
@@ -292,6 +270,9 @@ def from_function(
     *,
     layers: Sequence[str] = (),
     input_size: int | tuple[int, int],
+    channels: int = 3,
+    layout: str = "HWC",
+    layouts: Mapping[str, str] | None = None,
     mean: float | Sequence[float] = 0.0,
     std: float | Sequence[float] = 1.0,
     labels: Sequence[str] | None = None,
@@ -300,11 +281,13 @@ def from_function(
     """A `Model` of a plain JAX function.
 
     Signature rule: `fn` is called as `fn(params, x)` — or `fn(x)` when
-    `params` is None — with x [B,H,W,3], and must return logits [B,K]. If its
-    signature has a parameter named `tap`, it also gets `tap=tap`, a function
-    `tap(name, h) -> h` to call on each intermediate it exposes as a layer
-    (it records `h` as feature `name` and makes it a perturbation point; use
-    its return value). A function without `tap` exposes no layers.
+    `params` is None — with x [B,H,W,C] ([B,C,H,W] with `layout="CHW"`), and
+    must return logits [B,K]. If its signature has a parameter named `tap`, it
+    also gets `tap=tap`, a function `tap(name, h) -> h` to call on each
+    intermediate it exposes as a layer (it records `h` as feature `name` and
+    makes it a perturbation point): the function must go on with tap's return
+    value, `h = tap("conv", h)` (a dropped one is refused when the `Model` is
+    built). A function without `tap` exposes no layers.
 
     Pass the weights as `params` (any pytree) rather than closing over them:
     then they are the `Model`'s variables (traced, not baked in as constants).
@@ -313,7 +296,8 @@ def from_function(
       fn: the logit function, batched.
       params: its weights, or None.
       layers: names `fn` passes to `tap`.
-      input_size, mean, std, labels, name: as in `from_linen`.
+      layout: "HWC" (default) or "CHW", the layout `fn` takes x in.
+      input_size, channels, layouts, mean, std, labels, name: as in `from_linen`.
 
     Example:
       >>> def net(params, x, tap):
@@ -325,74 +309,13 @@ def from_function(
         raise TypeError(f"from_function expects a callable fn(params, x[, tap]), got {type(fn).__name__}")
     boxed = params is not None and not (isinstance(params, Mapping) and all(isinstance(k, str) for k in params))
     variables = {} if params is None else {"params": {"fn": params} if boxed else dict(params)}
-    adapter = FunctionAdapter(fn, params is not None, boxed, _takes_tap(fn), layers=None)
-    return _build(adapter, variables, layers, input_size, mean, std, labels, name or getattr(fn, "__name__", "fn"))
-
-
-# ---- shared construction: one abstract trace checks outputs and layers ------------------
-
-
-def _build(adapter: _Adapter, variables, layers, input_size, mean, std, labels, name: str) -> Model:
-    try:
-        hash(adapter)
-    except TypeError as e:
-        raise ValueError(f"{name}: the model's static fields must be hashable ({e}); use tuples, not lists") from None
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and s > 0 for s in size):
-        raise ValueError(f"input_size must be (height, width) positive ints; got {input_size!r}")
-    size = tuple(int(s) for s in size)
-    variables = jax.tree.map(jnp.asarray, variables)
-
-    x = jax.ShapeDtypeStruct((_CHECK_BATCH, *size, 3), jnp.float32)
-    try:
-        logits, calls = jax.eval_shape(adapter.apply, variables, x)
-    except Exception as e:
-        raise ValueError(f"{name} fails on an input of shape {x.shape}: {type(e).__name__}: {e}") from e
-    if not isinstance(logits, jax.ShapeDtypeStruct) or logits.ndim != 2 or logits.shape[0] != _CHECK_BATCH:
-        got = getattr(logits, "shape", jax.tree.structure(logits))
-        raise ValueError(f"{name} must return logits [B,K]; for x of shape {x.shape} it returned {got}")
-    if not jnp.issubdtype(logits.dtype, jnp.floating):
-        raise ValueError(f"{name} must return float logits; got dtype {logits.dtype}")
-    num_classes = logits.shape[1]
-
-    layers = _check_layers(adapter, calls, layers, name)
-    labels = tuple(f"class_{i}" for i in range(num_classes)) if labels is None else tuple(map(str, labels))
-    if len(labels) != num_classes:
-        raise ValueError(f"{name} has {num_classes} classes but {len(labels)} labels were given")
-    return Model(
-        name=name,
-        module=adapter.clone(layers=layers),
-        variables=variables,
-        input_size=size,
-        mean=_floats(mean, "mean"),
-        std=_floats(std, "std"),
-        labels=labels,
-        layers=layers,
-    )
-
-
-def _check_layers(adapter, calls: list[dict], requested: Sequence[str], name: str) -> tuple[str, ...]:
-    """The requested layer names in forward order; ValueError for unknown or repeated ones."""
-    if isinstance(requested, str):
-        requested = (requested,)
-    taps: dict[str, int] = {}  # name -> number of calls, in order of the first call's output
-    for (n,) in calls:
-        taps[n] = taps.get(n, 0) + 1
-    available = [n for n, count in taps.items() if count == 1]
-    unknown = [n for n in requested if n not in taps]
-    if unknown:
-        if available:
-            hint = f"available: {', '.join(available)}"
-        elif isinstance(adapter, FunctionAdapter) and not adapter.takes_tap:
-            hint = "fn has no `tap` parameter, so it exposes no layers"
-        else:
-            hint = "it exposes no layers"
-        raise ValueError(f"unknown layer(s) {', '.join(map(repr, unknown))} for {name}; {hint}")
-    repeated = [n for n in requested if taps[n] > 1]
-    if repeated:
-        counts = ", ".join(f"{n!r} ({taps[n]} times)" for n in repeated)
-        raise ValueError(f"layer(s) {counts} run more than once per forward pass in {name}; tap a layer that runs once")
-    return tuple(n for n in available if n in set(requested))
+    takes_tap = _takes_tap(fn)
+    adapter = FunctionAdapter(fn, params is not None, boxed, takes_tap,
+                              taps=Taps(input_layout=check_layout(layout, "layout")))
+    spec = Spec(input_size, layers, channels, layouts, mean, std, labels)
+    hint = "it exposes no layers" if takes_tap else "fn has no `tap` parameter, so it exposes no layers"
+    return build_model(adapter, variables, spec, name or getattr(fn, "__name__", "fn"), no_layers_hint=hint,
+                       unused_hint=": use tap()'s return value, h = tap(name, h)")
 
 
 def _takes_tap(fn: Callable) -> bool:
@@ -411,11 +334,4 @@ def _static_kwargs(kwargs: Mapping[str, Any] | None) -> tuple[tuple[str, Any], .
     return items
 
 
-def _floats(v, what: str) -> tuple[float, ...]:
-    out = tuple(float(a) for a in np.ravel(np.asarray(v, np.float64)))
-    if len(out) not in (1, 3):
-        raise ValueError(f"{what} must be a scalar or one value per RGB channel; got {v!r}")
-    return out
-
-
-__all__ = ["from_function", "from_linen", "from_nnx"]
+__all__ = ["FunctionAdapter", "LinenAdapter", "NNXAdapter", "TappedCall", "from_function", "from_linen", "from_nnx"]
