@@ -23,6 +23,13 @@ from saliency_jax.methods.score_cams import AblationCAM, ScoreCAM  # isort: skip
 from saliency_jax.methods.guided_ig import GuidedIG  # isort: skip
 from saliency_jax.methods.blur_ig import BlurIG  # isort: skip
 from saliency_jax.methods.expected_gradients import ExpectedGradients  # isort: skip
+from saliency_jax.methods.occlusion import Occlusion  # isort: skip
+from saliency_jax.methods.feature_ablation import FeatureAblation  # isort: skip
+from saliency_jax.methods.rise import RISE  # isort: skip
+from saliency_jax.methods.shapley_sampling import ShapleySampling  # isort: skip
+from saliency_jax.methods.kernel_shap import KernelSHAP  # isort: skip
+from saliency_jax.methods.lime import LIME  # isort: skip
+from saliency_jax.methods.xrai import XRAI  # isort: skip
 from saliency_jax.methods.base import (  # isort: skip
     Method,
     as_method,
@@ -43,6 +50,7 @@ __all__ = [
     "Deconvnet",
     "EigenCAM",
     "ExpectedGradients",
+    "FeatureAblation",
     "GradCAM",
     "GradCAMPlusPlus",
     "GradientCAM",
@@ -52,13 +60,19 @@ __all__ = [
     "GuidedIG",
     "HiResCAM",
     "IntegratedGradients",
+    "KernelSHAP",
+    "LIME",
     "LayerCAM",
     "LayerMethod",
     "Method",
+    "Occlusion",
+    "RISE",
     "ScoreCAM",
+    "ShapleySampling",
     "SmoothGrad",
     "Vanilla",
     "XGradCAM",
+    "XRAI",
     "as_method",
     "attribute",
     "attribute_batch",

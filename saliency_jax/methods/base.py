@@ -97,6 +97,19 @@ class Method:
             return dataclasses.replace(self, chunk_size=chunk)
         return self
 
+    def for_images(self, x) -> "Method":
+        """The value for the batch x [B,H,W,C] on the host, before anything is traced (itself by default).
+
+        A method whose options depend on the pixels (segment maps computed by
+        scikit-image) resolves them here; `attribute` calls it once per call.
+        """
+        return self
+
+    def per_image_shape(self, name: str, image_shape: tuple) -> tuple:
+        """One image's shape of the per-image field `name` (default the image's [H,W,C]; a value
+        with one more, leading axis of length B is given per image)."""
+        return tuple(image_shape)
+
     def images_per_sample(self) -> int:
         """Images in flight per inner sample (1; a composite's base may hold more)."""
         return 1

@@ -13,6 +13,7 @@ traced options (a baseline, a noise scale) never recompile.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ import numpy as np
 from saliency_jax.attribution.units import UnitTarget, check_unit_target
 from saliency_jax.batching import map_batches
 from saliency_jax.methods.base import Method, as_method, available_methods, is_model, option_names
+from saliency_jax.models.inspect import layer_shapes
 from saliency_jax.targets import check_targets
 from saliency_jax.validate import check_images, optional_positive_int
 
@@ -58,10 +60,12 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
     if method.needs_key and key is None:
         raise ValueError(f"method {method.label!r} is random: pass key=jax.random.key(seed)")
     batch_size = optional_positive_int("batch_size", batch_size)
-    x = check_images(x, channels=3, name=model.name) if model is not None else check_images(x)
+    x = model.check_input(x) if model is not None else check_images(x)
+    method = method.for_images(x)
     images_per_call = len(x) if batch_size is None else batch_size
     method, per_image = _with_baseline(method, baseline, x.shape)
     method = method.prepare(model_or_fn, x.shape[1:], images_per_call=images_per_call)
+    check_memory(model, method, x.shape[1:], images_per_call)
     targets = _check_targets(method, targets, model, fn, x)
     key = jax.random.key(0) if key is None else key  # unused by deterministic methods; keeps one signature
     run = functools.partial(attribute_batch, method, fn=fn)
@@ -98,13 +102,61 @@ def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, f
     return jax.vmap(one)(x, targets, per_image or {})
 
 
+MEMORY_FRACTION = 0.8  # of the free memory a call may plan to use
+
+
+def check_memory(model, method: Method, image_shape, images_per_call: int, *, free: int | None = None) -> None:
+    """ValueError, before compiling, when one call's images in flight clearly cannot fit in free memory.
+
+    The estimate is a lower bound: 3 x (the image and every named feature of the
+    model, float32) per image in flight (forward values, the residuals kept for
+    the backward pass, cotangents), times images_per_call x the inner samples of
+    a chunk. Free memory is the device's (`memory_stats`) or, on CPU,
+    `MemAvailable` of /proc/meminfo; no check where neither is known.
+    """
+    free = free_memory() if free is None else free
+    if free is None:
+        return
+    per_image = 4 * math.prod(image_shape)
+    if model is not None:
+        per_image += 4 * sum(math.prod(s) for s in layer_shapes(model, tuple(image_shape)).values())
+    samples = (getattr(method, "chunk_size", None) or 1) if method.inner is not None else 1
+    in_flight = images_per_call * samples * method.images_per_sample()
+    need = 3 * per_image * in_flight
+    if need <= MEMORY_FRACTION * free:
+        return
+    fit = max(1, int(MEMORY_FRACTION * free // (3 * per_image * method.images_per_sample())))
+    gib = 2.0**30
+    advice = (f"chunk_size={max(1, fit // images_per_call)}" if method.inner is not None and fit >= images_per_call
+              else f"batch_size={fit}" + (", chunk_size=1" if method.inner is not None else ""))
+    raise ValueError(f"method {method.label!r} would need about {need / gib:.1f} GiB for {in_flight} images in "
+                     f"flight ({images_per_call} per call x {samples * method.images_per_sample()} samples), "
+                     f"{free / gib:.1f} GiB are free: pass {advice}")
+
+
+def free_memory() -> int | None:
+    """Free bytes on the default device: its allocator's limit minus use, or MemAvailable on CPU; None if unknown."""
+    device = jax.devices()[0]
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def _with_baseline(method: Method, baseline, batch_shape):
     """(method with a shared baseline set, {field: per-image values}) from `attribute`'s baseline argument."""
     per_image = {}
     for name in method.per_image:  # fields given per image [B,...] are split off for the vmap
-        value = getattr(method, name)
-        if value is not None and np.ndim(value) == len(batch_shape):
-            per_image[name] = _per_image(name, value, batch_shape)
+        value, one = getattr(method, name), method.per_image_shape(name, batch_shape[1:])
+        if value is not None and np.ndim(value) == len(one) + 1:
+            per_image[name] = _per_image(name, value, (batch_shape[0], *one))
             method = method.with_values(**{name: None})
     if baseline is None:
         return method, per_image
@@ -118,9 +170,12 @@ def _with_baseline(method: Method, baseline, batch_shape):
 
 
 def _per_image(name: str, value, batch_shape):
-    array = jnp.asarray(value, jnp.float32)
+    array = jnp.asarray(value)  # integer and boolean fields (segment maps, masks) keep their dtype
+    if not (jnp.issubdtype(array.dtype, jnp.integer) or array.dtype == jnp.bool_):
+        array = array.astype(jnp.float32)
     if array.shape != tuple(batch_shape):
-        raise ValueError(f"{name} must be [H,W,C] or [B,H,W,C] like x {tuple(batch_shape)}; got shape {array.shape}")
+        what = "[H,W,C] or [B,H,W,C] like x" if len(batch_shape) == 4 else "given per image of shape"
+        raise ValueError(f"{name} must be {what} {tuple(batch_shape)}; got shape {array.shape}")
     return array
 
 
@@ -142,4 +197,4 @@ def _num_classes(fn, image) -> int:
     return out.shape[0]
 
 
-__all__ = ["attribute", "attribute_batch"]
+__all__ = ["MEMORY_FRACTION", "attribute", "attribute_batch", "check_memory", "free_memory"]
