@@ -59,8 +59,8 @@ def _load_model(args):
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a positive integer")
-_positive_float = _checked(float, lambda v: v > 0, "a positive number")
-_non_negative_float = _checked(float, lambda v: v >= 0, "a number >= 0")
+_positive_float = _checked(float, lambda v: 0 < v < float("inf"), "a positive number (not inf or nan)")
+_non_negative_float = _checked(float, lambda v: 0 <= v < float("inf"), "a number >= 0 (not inf or nan)")
 _fraction = _checked(float, lambda v: 0 < v < 1, "a number in (0, 1)")
 _unit_interval = _checked(float, lambda v: 0 <= v <= 1, "a number in [0, 1]")
 

@@ -76,7 +76,8 @@ def reduce_channels(grads: jax.Array, *, reduce: str = "max_abs") -> jax.Array:
     """Collapses the channel axis of gradients into one value per pixel.
 
     Args:
-      grads: ``[...,H,W,C]`` real array (e.g. ``[H,W,3]`` or ``[B,H,W,3]``).
+      grads: ``[...,H,W,C]`` real array (e.g. ``[H,W,3]`` or ``[B,H,W,3]``; any C: a
+        grayscale model's ``[B,H,W,1]`` gives ``|g|`` for every absolute reduction).
       reduce: one of ``REDUCTIONS``:
         * ``"max_abs"``: ``max_c |g|``, Simonyan et al. (2014);
         * ``"sum_abs"``: ``sum_c |g|`` (PAIR saliency's grayscale);

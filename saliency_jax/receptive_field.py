@@ -136,7 +136,7 @@ def receptive_field(model: Model, layer: str, *, input_size: Sequence[int] | Non
     if not isinstance(model, Model):
         raise ValueError("receptive_field needs a Model with named layers, not a bare logit function")
     hw = tuple(int(v) for v in (input_size or model.input_size))
-    shape = check_layer(layer, layer_shapes(model, (*hw, 3)))
+    shape = check_layer(layer, layer_shapes(model, (*hw, model.channels)))
     if len(shape) != 3:
         raise ValueError(f"layer {layer!r} has no spatial positions (shape {shape}): no receptive field")
     key = (architecture_key(model), layer, hw)
@@ -213,7 +213,7 @@ def _measure(model: Model, layer: str, hw: tuple[int, int]) -> ReceptiveField:
     probe = dataclasses.replace(model, variables=_probe_variables(model.variables))
     scale = 1
     while scale <= MAX_SCALE:
-        image_shape = (hw[0] * scale, hw[1] * scale, 3)
+        image_shape = (hw[0] * scale, hw[1] * scale, model.channels)
         grid = layer_shapes(probe, image_shape)[layer][:2]
         if min(grid) >= 2:
             # Two diagonal neighbours just before the centre: their fields fit the image first.

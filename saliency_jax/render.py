@@ -2,7 +2,8 @@
 
 NumPy + Pillow only, outside ``jit``. Inputs are a map ``[H,W]`` already scaled
 by ``saliency_jax.maps`` (values in [0, 1], or [-1, 1] for signed maps) and
-photos as ``uint8 [H,W,3]``; every function returns ``uint8 [H,W,3]`` RGB,
+photos as ``uint8 [H,W,3]`` (gray ``[H,W]`` / ``[H,W,1]`` is shown as gray RGB);
+every function returns ``uint8 [H,W,3]`` RGB,
 ready for ``save_png``.
 
 Colour maps are 256-entry lookup tables stored in ``assets/colormaps.npz``:
@@ -111,6 +112,16 @@ def _rgb(image, where: str) -> np.ndarray:
     return array
 
 
+def _photo(image, where: str) -> np.ndarray:
+    """``_rgb``, after a grayscale photo ``[H,W]`` / ``[H,W,1]`` (a 1-channel model's input) became gray RGB."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2 and array.dtype == np.uint8 and 0 not in array.shape:
+        array = np.repeat(array[..., None], 3, axis=-1)
+    return _rgb(array, where)
+
+
 def _unit(values: np.ndarray, cmap: str) -> np.ndarray:
     """Map values -> positions in [0, 1] along the colour map (NaN kept)."""
     if cmap in DIVERGING_CMAPS:
@@ -172,7 +183,7 @@ def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: flo
     the map is low, which keeps smooth maps (Grad-CAM) readable on bright photos.
 
     Args:
-      image: ``uint8 [H,W,3]`` RGB photo.
+      image: ``uint8 [H,W,3]`` RGB photo, or gray ``[H,W]`` / ``[H,W,1]``.
       map2d: ``[h,w]`` map in [0, 1] ([-1, 1] for a diverging ``cmap``), any size.
       cmap: a name from ``colormap_names()``.
       alpha: opacity of the colour map at full saliency, in [0, 1].
@@ -185,7 +196,7 @@ def overlay(image, map2d, *, cmap: str = "inferno", alpha: float = 0.5, dim: flo
       ValueError: bad image or map shape/dtype, unknown ``cmap``, ``alpha``
         outside [0, 1].
     """
-    image = _rgb(image, "overlay")
+    image = _photo(image, "overlay")
     colormap(cmap)  # checks the name before any work
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay: alpha must be a number in [0, 1], got {alpha!r}")
@@ -288,10 +299,7 @@ def _tiles(images) -> list[np.ndarray]:
         raise ValueError("montage: expected a non-empty list of uint8 [H,W,3] images")
     tiles = []
     for i, image in enumerate(images):
-        array = np.asarray(image)
-        if array.ndim == 2 and array.dtype == np.uint8:
-            array = np.repeat(array[:, :, None], 3, axis=2)
-        tiles.append(_rgb(array, f"montage: images[{i}]"))
+        tiles.append(_photo(image, f"montage: images[{i}]"))
     return tiles
 
 

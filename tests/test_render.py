@@ -149,8 +149,8 @@ def test_bad_inputs_have_clear_messages():
         render.colorize(np.array([["a"]]))
     with pytest.raises(ValueError, match=r"overlay: expected uint8 pixels in 0\.\.255, got dtype float64"):
         render.overlay(np.zeros((4, 4, 3)), np.zeros((4, 4)))
-    with pytest.raises(ValueError, match=r"overlay: expected an RGB image \[H,W,3\], got shape \(4, 4\)"):
-        render.overlay(np.zeros((4, 4), np.uint8), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match=r"overlay: expected an RGB image \[H,W,3\], got shape \(4, 4, 2\)"):
+        render.overlay(np.zeros((4, 4, 2), np.uint8), np.zeros((4, 4)))
     with pytest.raises(ValueError, match=r"alpha must be a number in \[0, 1\], got 1\.5"):
         render.overlay(_photo(), np.zeros((4, 4)), alpha=1.5)
     with pytest.raises(ValueError, match="non-empty list"):

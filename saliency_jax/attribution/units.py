@@ -33,7 +33,6 @@ from saliency_jax.attribution.rules import RULES, backward_rule
 from saliency_jax.batching import map_batches
 from saliency_jax.models.inspect import layer_activation, layer_shapes
 from saliency_jax.models.model import Model
-from saliency_jax.validate import check_images
 from saliency_jax.targets import REDUCTIONS, check_reduce, check_unit, indices, positions
 
 
@@ -154,7 +153,7 @@ def project_activation(model: Model, x, layer: str, channel, position=None, *, r
         raise ValueError("project_activation needs a Model with named layers, not a bare logit function")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
-    x = check_images(x, channels=3, name=model.name)
+    x = model.check_input(x)
     target = check_unit_target(unit(layer, channel, position), model, x.shape[1:], len(x))
     run = functools.partial(_project_batch, model, layer=layer, rule=rule)
     if batch_size is None:

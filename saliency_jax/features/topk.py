@@ -64,7 +64,7 @@ def layer_shape(model: Model, layer: str, channels) -> tuple[int, int, int]:
       ValueError: unknown layer, a channel outside [0, K), no channels, or a layer
         without spatial positions (e.g. "pool").
     """
-    shapes = layer_shapes(model, (*model.input_size, 3))  # in forward order
+    shapes = layer_shapes(model, (*model.input_size, model.channels))  # in forward order
     if layer not in shapes:
         raise ValueError(f"unknown layer {layer!r} for {model.name}; choose one of {', '.join(shapes)}")
     check_unit(layer, np.asarray(indices(channels, "channels")), None, shapes)

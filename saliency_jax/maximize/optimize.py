@@ -157,7 +157,7 @@ def maximize(
       key: `jax.random` key (initialisation and transforms).
       num_steps: ascent steps (static).
       optimizer: any optax optimiser (minimising; the loop negates the gradient).
-      image_shape: (H, W, C); default the model's input size with 3 channels.
+      image_shape: (H, W, C); default the model's input size and channel count.
       parameterization: `Pixels()` (the paper) or `LucidImage(...)`.
       transforms: tuple of random transforms (`saliency_jax.maximize.transforms`).
       radius: if set, project onto ||x||_2 = radius ("sphere") or <= radius ("ball").
@@ -417,7 +417,7 @@ def _image_shape(model_or_fn, image_shape):
     if image_shape is None:
         if not isinstance(model_or_fn, Model):
             raise ValueError("a bare logit function needs image_shape=(H, W, C)")
-        return (*model_or_fn.input_size, 3)
+        return (*model_or_fn.input_size, model_or_fn.channels)
     shape = tuple(int(d) for d in image_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {image_shape!r}")

@@ -8,7 +8,15 @@ Presets (each a function of the model and overrides, returning `visualize` optio
 - "sphere": Erhan et al. (2009): argmax S(I) subject to ||I||_2 = radius, from a
   random start projected onto the sphere after every step (`optax.projections`).
 - "lucid": Olah et al. (2017): Fourier and decorrelated-colour parameterisation in
-  the valid pixel range, Lucid's standard random transforms, Adam.
+  the valid pixel range, Lucid's standard random transforms, Adam. The transforms
+  pad the image by 24 pixels; a model that only runs at its own input size
+  (flatten + dense) sees the central crop of that size (`transforms.CenterCrop`).
+  Colour decorrelation is for RGB models; other channel counts skip it.
+
+The valid pixel range is uint8 0..255 mapped through the model's `mean`/`std`
+(`pixel_box`), and `pixels` are `model.deprocess(images)`: a model whose data are
+not uint8 (e.g. x in [0, 1]) must say so with its `std` (255 there), or its class
+models come out in a range that displays as almost black.
 
 `visualize` keys its compilation on the optimiser's value (its code and
 hyperparameters), so a repeat call with the same settings reuses the compiled
@@ -17,6 +25,7 @@ program although `optimizer(name, learning_rate)` builds a new optax object.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -28,7 +37,7 @@ from saliency_jax.maximize import transforms as _transforms
 from saliency_jax.maximize.optimize import visualize
 from saliency_jax.maximize.parameterizations import LucidImage, Pixels, pixel_box
 
-__all__ = ["PRESETS", "Visualization", "preset_options", "class_model", "neuron_model", "optimizer"]
+__all__ = ["PRESETS", "Visualization", "preset_options", "class_model", "neuron_model", "optimizer", "fit_to_model"]
 
 # Defaults, measured on EfficientNet-Lite0 (see experiments/fig1_class_models.py).
 PAPER = dict(num_steps=100, learning_rate=0.05, l2=1e-3)
@@ -39,7 +48,7 @@ PRESETS = ("paper", "sphere", "lucid")
 
 
 class Visualization(NamedTuple):
-    """images [T,H,W,C] (model space), pixels uint8 [T,H,W,3] (`model.deprocess`),
+    """images [T,H,W,C] (model space), pixels uint8 [T,H,W,C] (`model.deprocess`),
     values [T,num_steps] (objective per step), norms [T,num_steps] (||image|| per step)."""
 
     images: np.ndarray
@@ -75,12 +84,12 @@ def preset_options(name: str, model, score, *, num_steps=None, learning_rate=Non
         raise ValueError(f"l2 applies to the 'paper' preset, not {name!r}")
     if name != "sphere" and radius is not None:
         raise ValueError(f"radius applies to the 'sphere' preset, not {name!r}")
-    if l2 is not None and not l2 >= 0:
-        raise ValueError(f"l2 must be >= 0, got {l2}")
+    if l2 is not None and not (math.isfinite(l2) and l2 >= 0):
+        raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
     defaults = {"paper": PAPER, "sphere": SPHERE, "lucid": LUCID}[name]
     steps = defaults["num_steps"] if num_steps is None else num_steps
     lr = float(defaults["learning_rate"] if learning_rate is None else learning_rate)
-    shape = (*model.input_size, 3)
+    shape = (*model.input_size, model.channels)
     if name == "paper":
         lam = defaults["l2"] if l2 is None else l2
         return dict(objective=score - float(lam) * _objectives.l2(), num_steps=steps,
@@ -92,7 +101,19 @@ def preset_options(name: str, model, score, *, num_steps=None, learning_rate=Non
     low, high = pixel_box(model)
     grey = float(np.mean([(lo + hi) / 2 for lo, hi in zip(low, high)]))
     return dict(objective=score, num_steps=steps, optimizer=optimizer("adam", lr),
-                parameterization=LucidImage(low, high), transforms=_transforms.standard(grey))
+                parameterization=LucidImage(low, high, decorrelate=model.channels == 3),
+                transforms=fit_to_model(model, _transforms.standard(grey), shape))
+
+
+def fit_to_model(model, transforms: tuple, shape) -> tuple:
+    """`transforms`, ending with a central crop to `model.input_size` if the model runs at that size only."""
+    seen = jax.eval_shape(lambda x: _transforms.apply(transforms, jax.random.key(0), x),
+                          jax.ShapeDtypeStruct(tuple(shape), np.float32))
+    try:
+        model.check_size(seen.shape[:2])
+    except ValueError:
+        return (*transforms, _transforms.CenterCrop(*model.input_size))
+    return transforms
 
 
 def _finish(model, result) -> Visualization:
@@ -112,7 +133,7 @@ def class_model(model, classes, *, preset: str = "paper", key=None, chunk_size=N
       **overrides: num_steps, learning_rate, l2, radius (see `preset_options`).
 
     Returns:
-      `Visualization` with images [T,H,W,C] (model space) and pixels uint8 [T,H,W,3].
+      `Visualization` with images [T,H,W,C] (model space) and pixels uint8 [T,H,W,C].
 
     Example:
       >>> vis = class_model(model, [130, 285, 967])

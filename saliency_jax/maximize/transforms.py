@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["Pad", "Jitter", "RandomScale", "RandomRotate", "RandomScaleRotate", "apply", "standard", "check_transforms"]
+__all__ = ["Pad", "Jitter", "RandomScale", "RandomRotate", "RandomScaleRotate", "CenterCrop", "apply", "standard",
+           "check_transforms"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +210,22 @@ def _bilinear_bwd(value, reach, inverse, g):
 
 
 _bilinear.defvjp(_bilinear_fwd, _bilinear_bwd)
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterCrop:
+    """The central `height` x `width` pixels (output [height,width,C]): brings a padded, transformed
+    image back to the one size a fixed-size model (flatten + dense) runs at."""
+
+    height: int
+    width: int
+
+    def __call__(self, key, image):
+        h, w = image.shape[:2]
+        if h < self.height or w < self.width:
+            raise ValueError(f"CenterCrop({self.height}, {self.width}) of a smaller image {h}x{w}")
+        top, left = (h - self.height) // 2, (w - self.width) // 2
+        return image[top:top + self.height, left:left + self.width]
 
 
 def apply(transforms, key, image):

@@ -162,7 +162,7 @@ def perturbation_curves(
     fn = None if model is not None else model_or_fn
     if fn is not None and not callable(fn):
         raise TypeError(f"expected a Model or a logit function, got {type(fn).__name__}")
-    x = check_images(x, channels=3 if model is not None else None, name=getattr(model, 'name', 'model'))
+    x = model.check_input(x) if model is not None else check_images(x)
     saliency = _check_maps(saliency, x.shape)
     num_classes = model.num_classes if model is not None else jax.eval_shape(fn, x[0]).shape[-1]
     targets = check_targets(targets, len(x), num_classes)

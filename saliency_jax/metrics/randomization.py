@@ -76,7 +76,7 @@ def parameter_stages(model: Model) -> tuple[str, ...]:
             order.append(path[0])
         return next_fun(*args, **kwargs)
 
-    x = jax.ShapeDtypeStruct((1, *model.input_size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *model.input_size, model.channels), jnp.float32)
     with nn.intercept_methods(record):
         jax.eval_shape(lambda m, x: m.apply(x), model, x)
     return tuple(order) + tuple(sorted(set(params) - set(order)))
@@ -155,7 +155,6 @@ def cascading_randomization(
     """
     from saliency_jax.methods import attribute
     from saliency_jax.targets import TOP1, check_targets
-    from saliency_jax.validate import check_images
     from saliency_jax.maps import saliency_map
 
     if not isinstance(model, Model):
@@ -168,7 +167,7 @@ def cascading_randomization(
     if not order:
         raise ValueError("cascading_randomization: no stages to randomise")
     param_key, attr_key = jax.random.split(key)
-    x = check_images(x, channels=3, name=model.name)
+    x = model.check_input(x)
     t = np.asarray(check_targets(targets, len(x), model.num_classes))
     if (t == TOP1).any():
         t = np.asarray(jnp.argmax(model.logits(x), axis=-1), np.int32)

@@ -30,6 +30,7 @@ from saliency_jax.models.model import Model
 
 Tap = Callable[[str, jax.Array], jax.Array]
 CHECK_BATCH = 2  # batch size of the construction-time shape traces
+UNUSED_OUTPUT = ": its output is not used by the logits, so nothing can be explained through it"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,5 +259,5 @@ def floats(v, what: str, channels: int = 3) -> tuple[float, ...]:
     return out
 
 
-__all__ = ["Adapter", "CHECK_BATCH", "Frozen", "Spec", "Tap", "Taps", "build_model", "floats", "perturb_point",
+__all__ = ["UNUSED_OUTPUT", "Adapter", "CHECK_BATCH", "Frozen", "Spec", "Tap", "Taps", "build_model", "floats", "perturb_point",
            "record_tap"]

@@ -62,11 +62,9 @@ import flax.linen as nn
 import jax
 from flax import nnx
 
-from saliency_jax.models.build import Adapter, Spec, Tap, Taps, build_model
+from saliency_jax.models.build import UNUSED_OUTPUT, Adapter, Spec, Tap, Taps, build_model
 from saliency_jax.models.layouts import check_layout
 from saliency_jax.models.model import Model
-
-_UNUSED = ": its output is not used by the logits, so nothing can be explained through it"
 
 
 class LinenAdapter(Adapter):
@@ -218,7 +216,7 @@ def from_linen(
         raise ValueError(f"variables must be what module.init returns, {{'params': ..., ...}}; got {keys}")
     adapter = LinenAdapter(module.clone(parent=None, name=None), call_kwargs=_static_kwargs(call_kwargs))
     spec = Spec(input_size, layers, channels, layouts, mean, std, labels)
-    return build_model(adapter, dict(variables), spec, name or type(module).__name__, unused_hint=_UNUSED)
+    return build_model(adapter, dict(variables), spec, name or type(module).__name__, unused_hint=UNUSED_OUTPUT)
 
 
 def from_nnx(
@@ -261,7 +259,7 @@ def from_nnx(
     variables = {c: nnx.to_pure_dict(s) for c, s in states.items() if jax.tree.leaves(s)}
     adapter = NNXAdapter(graphdef, tuple(variables), call_kwargs=_static_kwargs(call_kwargs))
     spec = Spec(input_size, layers, channels, layouts, mean, std, labels)
-    return build_model(adapter, variables, spec, name or type(module).__name__, unused_hint=_UNUSED)
+    return build_model(adapter, variables, spec, name or type(module).__name__, unused_hint=UNUSED_OUTPUT)
 
 
 def from_function(
