@@ -17,6 +17,7 @@ from flax import nnx
 import saliency_jax
 from saliency_jax import methods
 from saliency_jax.models.custom import from_function, from_linen, from_nnx
+from perturbation_options import cheap_options
 
 H, W, K = 16, 16, 5
 ATOL = 1e-5
@@ -208,7 +209,7 @@ def _options(method):
         kw["num_steps"] = 4
     if "layer" in options:
         kw["layer"] = "conv2"
-    return kw
+    return {**kw, **cheap_options(method)}
 
 
 @pytest.mark.parametrize("method", saliency_jax.available_methods())

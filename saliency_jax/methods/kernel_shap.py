@@ -43,10 +43,13 @@ def kernel_coalition(key, i, num_features: int, paired: bool):
 
 
 def constrained_least_squares(gram, cross, total):
-    """argmin phi^T G phi - 2 c^T phi subject to sum(phi) = total: [M] from G [M,M], c [M] (one KKT solve)."""
+    """argmin phi^T G phi - 2 c^T phi subject to sum(phi) = total: [M] from G [M,M], c [M] (one KKT solve).
+
+    A G singular on the constraint's subspace (too few distinct coalitions) gets the minimum-norm solution.
+    """
     m = gram.shape[0]
     kkt = jnp.block([[gram, jnp.ones((m, 1))], [jnp.ones((1, m)), jnp.zeros((1, 1))]])
-    return jnp.linalg.solve(kkt, jnp.concatenate([cross, total[None]]))[:m]
+    return jnp.linalg.lstsq(kkt, jnp.concatenate([cross, total[None]]))[0][:m]  # min-norm if G is singular
 
 
 def kernel_shap(score, x, baseline, segments, key, *, num_features: int, num_samples: int, paired: bool = True,
