@@ -17,6 +17,8 @@ from saliency_jax.methods import Method, attribute, available_methods
 from saliency_jax.maximize import class_model, neuron_model, visualize
 from saliency_jax.models import available_models, imagenet_labels, load_model
 from saliency_jax.models.custom import from_function, from_linen, from_nnx
+from saliency_jax.models.equinox_adapter import from_equinox
+from saliency_jax.models.keras_adapter import from_keras
 from saliency_jax.models.model import Model
 from saliency_jax.receptive_field import ReceptiveField, receptive_field
 
@@ -42,7 +44,9 @@ __all__ = [
     "load_image",
     "load_model",
     "methods",
+    "from_equinox",
     "from_function",
+    "from_keras",
     "from_linen",
     "from_nnx",
     "unit",
