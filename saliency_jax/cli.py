@@ -129,6 +129,8 @@ def _method(text: str) -> str:
     return names[0]
 
 
+_on_off = _checked(lambda text: ("off", "on").index(text) == 1, lambda value: True, "on or off")
+
 # The one table from flags to method options: (flag, option, type, help). An option reaches every
 # chosen method that takes it; a flag that no chosen method takes is a usage error (exit 2).
 METHOD_FLAGS = (
@@ -138,6 +140,14 @@ METHOD_FLAGS = (
     ("--quadrature", "quadrature", str, "Integrated Gradients quadrature: midpoint, left, right, trapezoid, "
                                         "gausslegendre (default midpoint)"),
     ("--layer", "layer", str, "layer of the CAM methods (default: the model's, e.g. head, conv5_3, layer4)"),
+    ("--relu", "relu", _on_off, "CAM methods: clip the map at zero, on or off (off: the signed map; default on)"),
+    ("--score", "score", str, "Score-CAM channel weights: softmax, logit, probability (default softmax)"),
+    ("--fraction", "fraction", _positive_float, "Guided IG: share of features moved per selection, (0, 1] "
+                                                "(default 0.25)"),
+    ("--max-dist", "max_dist", _unit_interval, "Guided IG: how far the path may leave the straight line, "
+                                               "[0, 1] (default 0.02)"),
+    ("--max-sigma", "max_sigma", _positive_float, "Blur IG: blur std in pixels at the path's start (default 50)"),
+    ("--grad-step", "grad_step", _positive_float, "Blur IG: sigma step of the blur's derivative (default 0.01)"),
 )
 
 
