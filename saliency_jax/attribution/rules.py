@@ -144,7 +144,8 @@ def _relu_operand(eqn: jex.JaxprEqn, zeros: _Zeros) -> int | None:
     return None
 
 
-def _closed(j) -> tuple[jex.Jaxpr, Sequence[Any]]:
+def closed_jaxpr(j) -> tuple[jex.Jaxpr, Sequence[Any]]:
+    """(jaxpr, consts) of a `ClosedJaxpr` or a bare `Jaxpr`."""
     return (j.jaxpr, j.consts) if isinstance(j, jex.ClosedJaxpr) else (j, ())
 
 
@@ -160,18 +161,14 @@ def _children(eqn: jex.JaxprEqn, zeros: _Zeros) -> list[tuple[jex.Jaxpr, Sequenc
     """The sub-jaxprs the rewrite reaches into, with their zero operands; None if opaque."""
     p, params = eqn.primitive, eqn.params
     zin = [zeros(v) for v in eqn.invars]
-    if p in _INLINE_CALLS:
-        key = "jaxpr" if p is P.jit_p else "call_jaxpr"
-        return [(*_closed(params[key]), zin)]
-    if p is P.custom_jvp_call_p:
-        return [(*_closed(params["call_jaxpr"]), zin)]
-    if p is P.remat_p:
-        return [(*_closed(params["jaxpr"]), zin)]
+    body = inline_body(eqn)
+    if body is not None:
+        return [(*body, zin)]
     if p is P.cond_p:
-        return [(*_closed(b), zin[1:]) for b in params["branches"]]
+        return [(*closed_jaxpr(b), zin[1:]) for b in params["branches"]]
     if p is P.scan_p:
         n, _ = _scan_counts(params)
-        jaxpr, consts = _closed(params["jaxpr"])
+        jaxpr, consts = closed_jaxpr(params["jaxpr"])
         return [(jaxpr, consts, zin[:n] + [False] * (len(zin) - n))]
     return None  # custom_vjp_call (its backward is kept), while, shard_map, ...
 
@@ -191,10 +188,13 @@ def _count(jaxpr: jex.Jaxpr, consts: Sequence[Any], zero_invars: Sequence[bool],
 # ---- the interpreter --------------------------------------------------------------------
 
 
-def _eval(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], rule: str, zero_invars: Sequence[bool]):
-    """`jax.core.eval_jaxpr`, with every ReLU site's backward replaced by `rule`."""
+def run_jaxpr(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], eval_eqn: Callable) -> list:
+    """`jax.core.eval_jaxpr` with each equation evaluated by `eval_eqn(eqn, invals) -> outvals`.
+
+    The walking machinery shared by the rule interpreters (here and
+    `saliency_jax.attribution.relevance`); `bind` is the plain evaluation.
+    """
     env: dict[Any, Any] = {}
-    zeros = _Zeros(jaxpr, consts, zero_invars)
 
     def read(atom):
         return atom.val if isinstance(atom, jex.Literal) else env[atom]
@@ -204,10 +204,44 @@ def _eval(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], rule: st
     for eqn in jaxpr.eqns:
         invals = [read(v) for v in eqn.invars]
         with getattr(eqn.ctx, "manager", contextlib.nullcontext()):
-            outvals = _eval_eqn(eqn, invals, zeros, rule)
+            outvals = eval_eqn(eqn, invals)
         env.update(zip(eqn.outvars, outvals))
-        zeros.see(eqn)
     return [read(v) for v in jaxpr.outvars]
+
+
+def bind(eqn: jex.JaxprEqn, invals: Sequence[Any]) -> list:
+    """The equation evaluated as it is, on `invals`: its outputs as a list."""
+    p = eqn.primitive
+    out = p.bind(*invals, **p.get_bind_params(eqn.params))
+    return list(out) if p.multiple_results else [out]
+
+
+def inline_body(eqn: jex.JaxprEqn) -> tuple[jex.Jaxpr, Sequence[Any]] | None:
+    """(jaxpr, consts) of a call-like equation whose body an interpreter may evaluate inline.
+
+    Nested `jit`/calls, `custom_jvp` functions (their custom rule is dropped) and
+    `checkpoint` (evaluated without rematerialisation); None for anything else.
+    """
+    p, params = eqn.primitive, eqn.params
+    if p in _INLINE_CALLS:
+        return closed_jaxpr(params["jaxpr" if p is P.jit_p else "call_jaxpr"])
+    if p is P.custom_jvp_call_p:
+        return closed_jaxpr(params["call_jaxpr"])
+    if p is P.remat_p:
+        return closed_jaxpr(params["jaxpr"])
+    return None
+
+
+def _eval(jaxpr: jex.Jaxpr, consts: Sequence[Any], args: Sequence[Any], rule: str, zero_invars: Sequence[bool]):
+    """`jax.core.eval_jaxpr`, with every ReLU site's backward replaced by `rule`."""
+    zeros = _Zeros(jaxpr, consts, zero_invars)
+
+    def eval_eqn(eqn, invals):
+        outvals = _eval_eqn(eqn, invals, zeros, rule)
+        zeros.see(eqn)
+        return outvals
+
+    return run_jaxpr(jaxpr, consts, args, eval_eqn)
 
 
 def _eval_eqn(eqn: jex.JaxprEqn, invals: list, zeros: _Zeros, rule: str) -> list:
@@ -253,8 +287,7 @@ def _eval_eqn(eqn: jex.JaxprEqn, invals: list, zeros: _Zeros, rule: str) -> list
             )
             return [*carry, *ys]
 
-    out = p.bind(*invals, **p.get_bind_params(params))
-    return list(out) if p.multiple_results else [out]
+    return bind(eqn, invals)
 
 
 def _eval_list(jaxpr, consts, rule, zin, *args):
@@ -264,7 +297,8 @@ def _eval_list(jaxpr, consts, rule, zin, *args):
 # ---- public API -------------------------------------------------------------------------
 
 
-def _trace(fn: Callable, args, kwargs):
+def trace(fn: Callable, args, kwargs):
+    """(ClosedJaxpr, flat argument leaves, output treedef) of `fn(*args, **kwargs)`."""
     flat, in_tree = jax.tree.flatten((args, kwargs))
 
     def flat_fn(*leaves):
@@ -318,7 +352,7 @@ def field_probe(fn: Callable) -> Callable:
 def _rewrite(fn: Callable, rule: str) -> Callable:
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        closed, flat, out_tree = _trace(fn, args, kwargs)
+        closed, flat, out_tree = trace(fn, args, kwargs)
         out = _eval(closed.jaxpr, closed.consts, flat, rule, [False] * len(flat))
         return jax.tree.unflatten(out_tree, out)
 
@@ -340,13 +374,13 @@ def _primitive_names(jaxpr: jex.Jaxpr, names: set) -> set:
         for value in eqn.params.values():
             for sub in value if isinstance(value, (tuple, list)) else (value,):
                 if isinstance(sub, (jex.ClosedJaxpr, jex.Jaxpr)):
-                    _primitive_names(_closed(sub)[0], names)
+                    _primitive_names(closed_jaxpr(sub)[0], names)
     return names
 
 
 def nonlinearities(fn: Callable, *args, **kwargs) -> tuple[str, ...]:
     """Names of the nonlinear operations in `fn`'s traced program (for messages), sorted."""
-    closed, _, _ = _trace(fn, args, kwargs)
+    closed, _, _ = trace(fn, args, kwargs)
     found = _primitive_names(closed.jaxpr, set())
     return tuple(sorted({_NONLINEARITIES[n] for n in found if n in _NONLINEARITIES}))
 
@@ -385,9 +419,9 @@ def count_relus(fn: Callable, *args, **kwargs) -> int:
       >>> count_relus(lambda x: jax.nn.relu6(jnp.maximum(0, x)), jnp.ones(3))
       2
     """
-    closed, flat, _ = _trace(fn, args, kwargs)
+    closed, flat, _ = trace(fn, args, kwargs)
     return _count(closed.jaxpr, closed.consts, [False] * len(flat))
 
 
-__all__ = ["RULES", "Rule", "backward_rule", "count_relus", "deconvnet", "guided_backprop", "nonlinearities",
-           "require_relus"]
+__all__ = ["RULES", "Rule", "backward_rule", "bind", "closed_jaxpr", "count_relus", "deconvnet", "guided_backprop",
+           "inline_body", "nonlinearities", "require_relus", "run_jaxpr", "trace"]

@@ -100,6 +100,11 @@ def _depthwise_bwd(stride, residuals, g):
 
 _depthwise_shift_add.defvjp(_depthwise_fwd, _depthwise_bwd)
 
+# Backward functions of the `custom_vjp` operations here that are linear in their first operand (the
+# activations) for fixed weights: relevance rules (saliency_jax.attribution.relevance) treat such an
+# operation as one convolution layer, re-evaluating it with rule-modified inputs and weights.
+LINEAR_VJP_BACKWARDS = (_depthwise_bwd,)
+
 
 def _depthwise_native(x, w, stride: int):
     """Depthwise convolution as XLA's grouped convolution (fast on GPU/TPU)."""

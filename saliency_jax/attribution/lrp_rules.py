@@ -1,0 +1,250 @@
+"""LRP rules at one linear layer, and composites that choose a rule per layer.
+
+For a layer y = L(x; W) + b (L linear in x: a dense layer, any convolution),
+the rules of Bach et al. (2015) and Montavon et al. (2019) redistribute the
+output relevance R (shaped like y) onto x as a vector-Jacobian product of a
+*modified* layer:
+
+    R_x = sum_k x_k' * dL(x_k'; W_k')^T [ R / stab(z') ]
+
+with rule-specific inputs x_k', weights W_k' and denominator z'. Definitions
+follow zennit 0.5.1 (`zennit/rules.py`), including its conventions:
+`stab(z) = z + eps * sign(z)` with sign(0) = +1, parameter modifiers applied
+to the bias too (z+ keeps b+ in its denominator), and a division by an exact
+zero giving 0.
+
+    zero        x * W^T (R / z)                                  LRP-0
+    epsilon     x * W^T (R / stab_eps(z))                        LRP-epsilon
+    zplus       x+ W+^T d + x- W-^T d,  d = R / stab(W+x+ + b+ + W-x-)      (alpha1-beta0)
+    alpha_beta  alpha (x+ W+^T dp + x- W-^T dp) - beta (x+ W-^T dn + x- W+^T dn)
+    gamma       as zplus with W + gamma W+ (y > 0) / W + gamma W- (y < 0)   (generalised)
+    flat        1^T (R / stab(L(1; 1)))                          (Lapuschkin et al. 2019)
+    wsquare     (W^2)^T (R / stab(L(1; W^2) + b^2))              (Montavon et al. 2017)
+    zbox        x W^T d - l W+^T d - h W-^T d,  d = R / stab(z - L(l; W+) - L(h; W-))   (z^B)
+    norm        x * J^T (R / stab(y))  for a parameter-free sum or average (zennit's Norm)
+    pass        R (elementwise layers: activations, scalings)
+    gradient    J^T R (max pooling: winner takes all)
+
+Each rule here is a function `rule(layer, R, options) -> R_x` of a `Layer`;
+`saliency_jax.attribution.relevance` binds it as the backward pass of every
+layer of a traced function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from saliency_jax.validate import one_of, real
+
+RULES = ("zero", "epsilon", "gamma", "zplus", "alpha_beta", "flat", "wsquare", "zbox", "norm", "pass", "gradient")
+# What a layer is, as the interpreter sees it: "first" means the first conv or dense layer.
+KINDS = ("conv", "dense", "sum", "avgpool", "maxpool", "activation", "first", "first_conv")
+_LAYER_KINDS = ("conv", "dense", "avgpool", "first", "first_conv")
+_BASE = {"sum": "norm", "avgpool": "norm", "maxpool": "gradient", "activation": "pass", "scale": "pass"}
+COMPOSITES: dict[str, dict[str, str]] = {
+    "epsilon": {"conv": "epsilon", "dense": "epsilon"},
+    "epsilon_plus": {"conv": "zplus", "dense": "epsilon"},
+    "epsilon_plus_flat": {"first": "flat", "conv": "zplus", "dense": "epsilon"},
+    "epsilon_gamma_box": {"first_conv": "zbox", "conv": "gamma", "dense": "epsilon"},
+    "alpha_beta": {"conv": "alpha_beta", "dense": "epsilon"},
+}
+
+
+class Options(NamedTuple):
+    """Rule parameters: epsilon (the epsilon rule), stabilizer (every other rule's eps), gamma,
+    alpha/beta, and the box bounds low/high (scalars or per channel, in model space)."""
+
+    epsilon: float = 1e-6
+    stabilizer: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+    low: Any = 0.0
+    high: Any = 1.0
+
+
+class Layer(NamedTuple):
+    """One linear layer at its forward point: y = lin(x, params) + bias.
+
+    lin: `(x, params) -> z`, linear in x; params: its other operands (weights;
+    integer operands are never modified); bias: broadcast to y, or None.
+    """
+
+    lin: Callable
+    x: jax.Array
+    params: Sequence[Any]
+    bias: Any
+    y: jax.Array
+
+
+def stabilize(z, eps: float):
+    """z + eps * sign(z), sign(0) = +1 (zennit's stabiliser)."""
+    return z + eps * jnp.where(z >= 0, 1, -1).astype(z.dtype)
+
+
+def divide(r, z, eps: float):
+    """r / stab(z), 0 where the stabilised denominator is exactly 0."""
+    d = stabilize(z, eps)
+    zero = d == 0
+    return jnp.where(zero, 0, r / jnp.where(zero, 1, d))
+
+
+def _pos(v):
+    return jnp.maximum(v, 0)
+
+
+def _neg(v):
+    return jnp.minimum(v, 0)
+
+
+def _mod(params, fn):
+    return [fn(p) if jnp.issubdtype(jnp.result_type(p), jnp.inexact) else p for p in params]
+
+
+def _bias(layer: Layer, fn=None):
+    if layer.bias is None or fn is None:
+        return 0
+    return fn(layer.bias)
+
+
+def _term(layer: Layer, x_in, param_fn, bias_fn=None):
+    """(z', pullback) of the modified layer L(x_in; param_fn(W)) + bias_fn(b)."""
+    params = _mod(layer.params, param_fn)
+    z, pull = jax.vjp(lambda v: layer.lin(v, params), x_in)
+    return z + _bias(layer, bias_fn), lambda d: pull(d)[0]
+
+
+def _same(v):
+    return v
+
+
+def rule_epsilon(layer: Layer, r, eps: float):
+    """x * W^T (R / stab(y)), the forward output y reused (one VJP)."""
+    _, pull = jax.vjp(lambda v: layer.lin(v, layer.params), layer.x)
+    return layer.x * pull(divide(r, layer.y, eps))[0]
+
+
+def rule_zplus(layer: Layer, r, o: Options):
+    xp, xn = _pos(layer.x), _neg(layer.x)
+    zp, pull_p = _term(layer, xp, _pos, _pos)
+    zn, pull_n = _term(layer, xn, _neg)
+    d = divide(r, zp + zn, o.stabilizer)
+    return xp * pull_p(d) + xn * pull_n(d)
+
+
+def rule_alpha_beta(layer: Layer, r, o: Options):
+    xp, xn = _pos(layer.x), _neg(layer.x)
+    z1, p1 = _term(layer, xp, _pos, _pos)
+    z2, p2 = _term(layer, xn, _neg)
+    z3, p3 = _term(layer, xp, _neg, _neg)
+    z4, p4 = _term(layer, xn, _pos)
+    dp, dn = divide(r, z1 + z2, o.stabilizer), divide(r, z3 + z4, o.stabilizer)
+    return o.alpha * (xp * p1(dp) + xn * p2(dp)) - o.beta * (xp * p3(dn) + xn * p4(dn))
+
+
+def rule_gamma(layer: Layer, r, o: Options):
+    g = o.gamma
+    up, down = (lambda w: w + g * _pos(w)), (lambda w: w + g * _neg(w))
+    xp, xn = _pos(layer.x), _neg(layer.x)
+    z1, p1 = _term(layer, xp, up, up)
+    z2, p2 = _term(layer, xn, down)
+    z3, p3 = _term(layer, xp, down, down)
+    z4, p4 = _term(layer, xn, up)
+    dp = (layer.y > 0) * divide(r, z1 + z2, o.stabilizer)
+    dn = (layer.y < 0) * divide(r, z3 + z4, o.stabilizer)
+    return xp * p1(dp) + xn * p2(dp) + xp * p3(dn) + xn * p4(dn)
+
+
+def rule_flat(layer: Layer, r, o: Options):
+    z, pull = _term(layer, jnp.ones_like(layer.x), jnp.ones_like)
+    return pull(divide(r, z, o.stabilizer))
+
+
+def rule_wsquare(layer: Layer, r, o: Options):
+    z, pull = _term(layer, jnp.ones_like(layer.x), jnp.square, jnp.square)
+    return pull(divide(r, z, o.stabilizer))
+
+
+def _bound(value, x):
+    """A box bound (scalar or per channel) broadcast to x, channels last (or first, if only that fits)."""
+    v = jnp.asarray(value, x.dtype)
+    if v.ndim == 1 and x.ndim > 1 and v.shape[0] != x.shape[-1] and v.shape[0] == x.shape[1]:
+        v = v.reshape((-1,) + (1,) * (x.ndim - 2))
+    return jnp.broadcast_to(v, x.shape)
+
+
+def rule_zbox(layer: Layer, r, o: Options):
+    low, high = _bound(o.low, layer.x), _bound(o.high, layer.x)
+    z1, p1 = _term(layer, layer.x, _same, _same)
+    z2, p2 = _term(layer, low, _pos, _pos)
+    z3, p3 = _term(layer, high, _neg, _neg)
+    d = divide(r, z1 - z2 - z3, o.stabilizer)
+    return layer.x * p1(d) - low * p2(d) - high * p3(d)
+
+
+def linear_rule(name: str, layer: Layer, r, o: Options):
+    """R_x of the rule `name` at `layer` for output relevance r (shaped like layer.y)."""
+    if name in ("zero", "epsilon", "norm"):
+        return rule_epsilon(layer, r, {"zero": 0.0, "epsilon": o.epsilon, "norm": o.stabilizer}[name])
+    if name == "gradient":
+        _, pull = jax.vjp(lambda v: layer.lin(v, layer.params), layer.x)
+        return pull(r)[0]
+    rules = {"zplus": rule_zplus, "alpha_beta": rule_alpha_beta, "gamma": rule_gamma, "flat": rule_flat,
+             "wsquare": rule_wsquare, "zbox": rule_zbox}
+    return rules[name](layer, r, o)
+
+
+# ---- composites -------------------------------------------------------------------------
+
+
+def composite_map(composite: str | Mapping[str, str] | Sequence[tuple[str, str]]) -> dict[str, str]:
+    """{layer name or kind: rule} of a named composite or a user mapping (checked; one-line ValueError).
+
+    Keys of a user mapping are layer names (matched against the layer's scope,
+    e.g. "block1_conv1" or "VGG16/block1_conv1") or kinds: "conv", "dense",
+    "sum" (residual adds), "avgpool", "maxpool", "activation", "first" (the
+    first conv or dense layer), "first_conv" (the first conv layer). Kinds left out keep zennit's base map: sums and
+    average pools "norm", activations "pass", max pools "gradient", conv and
+    dense layers "epsilon".
+    """
+    if isinstance(composite, str):
+        one_of("composite", composite, tuple(COMPOSITES))
+        return dict(COMPOSITES[composite])
+    pairs = dict(composite.items() if isinstance(composite, Mapping) else composite)
+    for key, rule in pairs.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"composite keys must be layer names or kinds ({', '.join(KINDS)}), got {key!r}")
+        one_of(f"rule for {key!r}", rule, RULES)
+        if key in _LAYER_KINDS and rule == "pass":
+            raise ValueError(f"rule 'pass' is for elementwise layers, not {key!r} layers")
+    return pairs
+
+
+def rule_for(mapping: Mapping[str, str], kind: str, name: str, seen: set) -> str:
+    """The rule `mapping` gives a layer of `kind` with scope `name`; `seen`: kinds met before it
+    (the first conv or dense layer takes "first", the first conv "first_conv")."""
+    parts = [p for p in name.split("/") if p]
+    for i in range(len(parts)):
+        scope = "/".join(parts[i:])
+        if scope in mapping:
+            return mapping[scope]
+    if kind == "conv" and "conv" not in seen and "first_conv" in mapping:
+        return mapping["first_conv"]
+    if kind in ("conv", "dense") and not {"conv", "dense"} & seen and "first" in mapping:
+        return mapping["first"]
+    return mapping.get(kind, _BASE.get(kind, "epsilon"))
+
+
+def check_options(o: Options) -> None:
+    """One-line ValueErrors for rule parameters out of range (all >= 0, alpha - beta = 1)."""
+    for name in ("epsilon", "stabilizer", "gamma", "alpha", "beta"):
+        real(name, getattr(o, name), low=0.0)
+    if abs(o.alpha - o.beta - 1) > 1e-12:
+        raise ValueError(f"alpha - beta must equal 1 (relevance is conserved), got alpha={o.alpha}, beta={o.beta}")
+
+
+__all__ = ["COMPOSITES", "KINDS", "Layer", "Options", "RULES", "check_options", "composite_map", "divide",
+           "linear_rule", "rule_for", "stabilize"]
