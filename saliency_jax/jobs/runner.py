@@ -157,8 +157,8 @@ def run_batch_job(
         `jax.process_index()` / `jax.process_count()`).
       workers: decoding threads.
       max_pixels: images larger than this are listed as errors, never decoded.
-      max_bytes: files larger than this (FIFOs, devices: any non-regular file)
-        are listed as errors, never read.
+      max_bytes: files larger than this, and anything but a regular file (a
+        FIFO, a device, a socket), are listed as errors, never read.
       fingerprint: how a resumed run tells that an image changed since its map
         was computed: ``"stat"`` (size and mtime, nothing read) or ``"content"``
         (a sha256 of every finished image is read again on resume). Shards holding
@@ -209,7 +209,7 @@ def run_batch_job(
             _compute(store, stream, todo, work, report, tables)
         if todo and kept and todo[0] < max(kept):  # rows were appended out of order: rewrite them in order
             store.rebuild_tables(tables)
-    images, errors = (sum(len(t[key]) for t in tables.values()) for key in ("position", "error_position"))
+    images, errors = _count(tables, "position"), _count(tables, "error_position")
     return JobSummary(str(out), stop - start, images, errors, _positions(kept), images - _count(kept, "position"),
                       time.perf_counter() - t0, mesh.devices.size, tuple(notes))
 
