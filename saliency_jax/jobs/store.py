@@ -50,7 +50,6 @@ ROW_KEYS = {"position": "i", "id": "U", "path": "U", "label": "i", "target": "i"
 ERROR_KEYS = {"error_position": "i", "error_id": "U", "error_path": "U", "error_reason": "U", "error_stamp": "U"}
 """Per-error arrays of a shard [m]."""
 _SHARD = re.compile(r"^shard-(\d{5,})\.npz$")
-_TEXT = {"encoding": "utf-8", "errors": "backslashreplace"}
 
 
 class JobError(RuntimeError):
@@ -67,6 +66,14 @@ def _reason(err: OSError) -> str:
 
 def _one_line(text) -> str:
     return " ".join(str(text).split())
+
+
+def _utf8(text: str) -> bytes:
+    """UTF-8 text, the bytes of a non-UTF-8 file name (surrogate escapes) written as ``\\xNN``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace").encode()
+    except UnicodeEncodeError:  # a surrogate that escapes no byte
+        return text.encode("utf-8", "backslashreplace")
 
 
 def shard_name(k: int) -> str:
@@ -255,8 +262,8 @@ class JobStore:
         for k in sorted(shards):
             n_images += self._index_rows(writer, k, shards[k])
             n_errors += self._error_lines(errors, shards[k])
-        self._write(self.out / "index.csv", lambda f: f.write(index.getvalue().encode(**_TEXT)))
-        self._write(self.out / "errors.txt", lambda f: f.write(errors.getvalue().encode(**_TEXT)))
+        self._write(self.out / "index.csv", lambda f: f.write(_utf8(index.getvalue())))
+        self._write(self.out / "errors.txt", lambda f: f.write(_utf8(errors.getvalue())))
         return n_images, n_errors
 
     @staticmethod
@@ -295,8 +302,8 @@ class JobStore:
         try:
             for name, text in (("index.csv", index.getvalue()), ("errors.txt", errors.getvalue())):
                 if text:
-                    with open(self.out / name, "a", **_TEXT) as f:
-                        f.write(text)
+                    with open(self.out / name, "ab") as f:
+                        f.write(_utf8(text))
         except OSError as e:
             raise JobError(f"cannot append to {str(self.out)!r}: {_reason(e)}") from None
 
