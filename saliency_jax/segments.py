@@ -56,6 +56,8 @@ def relabel(segment_map) -> tuple[np.ndarray, int]:
 def relabel_batch(maps) -> tuple[np.ndarray, int]:
     """Each map of [..., H, W] renumbered 0..M_b-1; (maps int32, max_b M_b)."""
     maps = np.asarray(maps)
+    if maps.size == 0:
+        raise ValueError("a segment map has no pixels (no segment)")
     flat = maps.reshape((-1, *maps.shape[-2:]))
     pairs = [relabel(m) for m in flat]
     return np.stack([p[0] for p in pairs]).reshape(maps.shape), max(p[1] for p in pairs)

@@ -28,6 +28,7 @@ from saliency_jax.methods.perturbation import SegmentPerturbation, coalition_mas
 from saliency_jax.validate import positive_int
 
 DEFAULT_NUM_SAMPLES = 1000
+RIDGE = 1e-6
 
 
 def kernel_coalition(key, i, num_features: int, paired: bool):
@@ -45,11 +46,13 @@ def kernel_coalition(key, i, num_features: int, paired: bool):
 def constrained_least_squares(gram, cross, total):
     """argmin phi^T G phi - 2 c^T phi subject to sum(phi) = total: [M] from G [M,M], c [M] (one KKT solve).
 
-    A G singular on the constraint's subspace (too few distinct coalitions) gets the minimum-norm solution.
+    A ridge of RIDGE x the mean diagonal keeps the system solvable when G is singular (too few
+    distinct coalitions, a segment empty in this image); it changes nothing measurable otherwise.
     """
     m = gram.shape[0]
+    gram = gram + RIDGE * jnp.trace(gram) / m * jnp.eye(m)
     kkt = jnp.block([[gram, jnp.ones((m, 1))], [jnp.ones((1, m)), jnp.zeros((1, 1))]])
-    return jnp.linalg.lstsq(kkt, jnp.concatenate([cross, total[None]]))[0][:m]  # min-norm if G is singular
+    return jnp.linalg.solve(kkt, jnp.concatenate([cross, total[None]]))[:m]
 
 
 def kernel_shap(score, x, baseline, segments, key, *, num_features: int, num_samples: int, paired: bool = True,
