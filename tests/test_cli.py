@@ -135,7 +135,7 @@ def test_explain_explicit_target_matches_library(model, photos, tmp_path):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--method", "lrp"], "unknown method 'lrp'"),
+        (["--method", "nosuch"], "unknown method 'nosuch'"),
         (["--target", "cat"], "expected 'top1' or a class index"),
         (["--samples", "0"], "expected a positive integer"),
         (["--dim", "1.5"], "expected a number in [0, 1]"),
