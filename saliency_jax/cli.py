@@ -134,7 +134,8 @@ _on_off = _checked(lambda text: ("off", "on").index(text) == 1, lambda value: Tr
 # The one table from flags to method options: (flag, option, type, help). An option reaches every
 # chosen method that takes it; a flag that no chosen method takes is a usage error (exit 2).
 METHOD_FLAGS = (
-    ("--samples", "num_samples", _positive_int, "noise samples of the SmoothGrad family (default 25)"),
+    ("--samples", "num_samples", _positive_int, "noise samples of the SmoothGrad family (default 25); "
+                                                "KernelSHAP / LIME coalitions (default 1000)"),
     ("--noise-scale", "noise_scale", _non_negative_float, "SmoothGrad noise std / value range (default 0.15)"),
     ("--steps", "num_steps", _positive_int, "Integrated Gradients path steps (default 50)"),
     ("--quadrature", "quadrature", str, "Integrated Gradients quadrature: midpoint, left, right, trapezoid, "
@@ -148,6 +149,22 @@ METHOD_FLAGS = (
                                                "[0, 1] (default 0.02)"),
     ("--max-sigma", "max_sigma", _positive_float, "Blur IG: blur std in pixels at the path's start (default 50)"),
     ("--grad-step", "grad_step", _positive_float, "Blur IG: sigma step of the blur's derivative (default 0.01)"),
+    ("--composite", "composite", str, "LRP composite: epsilon, epsilon_plus, epsilon_plus_flat, epsilon_gamma_box, "
+                                      "alpha_beta (default epsilon_plus_flat)"),
+    ("--epsilon", "epsilon", _non_negative_float, "LRP epsilon rule's stabiliser (default 1e-6)"),
+    ("--gamma", "gamma", _non_negative_float, "LRP gamma rule's weight on positive parts (default 0.25)"),
+    ("--window", "window", _positive_int, "occlusion: window side in pixels (default 16)"),
+    ("--stride", "stride", _positive_int, "occlusion: window step in pixels (default 8)"),
+    ("--segments", "segments", str, "features of feature_ablation, shapley_sampling, kernel_shap, lime: grid, slic, "
+                                    "felzenszwalb (default grid); xrai: felzenszwalb (default) or grid"),
+    ("--num-segments", "num_segments", _positive_int, "segments asked of grid / slic (default 16); xrai's finest "
+                                                      "grid side (default 8)"),
+    ("--blur-baseline", "blur_sigma", _positive_float, "perturbation methods: the baseline is the image blurred "
+                                                       "by this std in pixels (default: a zero baseline)"),
+    ("--masks", "num_masks", _positive_int, "RISE: random masks (default 2000)"),
+    ("--cell", "cell", _positive_int, "RISE: grid cells per side of each mask (default 7)"),
+    ("--p-keep", "p_keep", _fraction, "RISE: probability a cell is kept, (0, 1) (default 0.5)"),
+    ("--permutations", "num_permutations", _positive_int, "Shapley value sampling: permutations (default 25)"),
 )
 
 

@@ -19,6 +19,10 @@ import numpy as np
 
 DEMO_CLASSES = (130, 285, 417, 947, 963, 967)  # flamingo, Egyptian cat, balloon, mushroom, pizza, espresso
 QUICK_METHODS = ("vanilla", "guided", "gradcam")
+# Affordable options of the slow perturbation methods in the full demo (a few hundred forward passes each).
+DEMO_OPTIONS = {"rise": {"num_masks": 500}, "shapley_sampling": {"num_permutations": 4},
+                "kernel_shap": {"num_samples": 200}, "lime": {"num_samples": 200}, "xrai": {"num_steps": 16},
+                "occlusion": {"window": 32, "stride": 16}}
 # Maps that seed the localisation boxes: the paper's gradient, and SmoothGrad's, whose seeds sit on
 # the object rather than spread over the photo (chelsea: the cat's face instead of its chin).
 LOCALIZE_SEEDS = ("vanilla", "smoothgrad")
@@ -86,7 +90,7 @@ def _saliency_maps(model, names, photos, targets, methods, out: pathlib.Path, *,
     x = model.preprocess(photos)
     sal = {}
     for method in methods:
-        opts = {"num_samples": 4, "num_steps": 8} if quick else {}
+        opts = {"num_samples": 4, "num_steps": 8} if quick else DEMO_OPTIONS.get(method, {})
         value = get(method, **{k: v for k, v in opts.items() if k in option_names(method)})
         grads = attribute(model, x, targets, method=value, key=jax.random.key(0))
         sal[method] = np.asarray(maps.saliency_map(grads))
