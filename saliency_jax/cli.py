@@ -153,6 +153,10 @@ METHOD_FLAGS = (
                                       "alpha_beta (default epsilon_plus_flat)"),
     ("--epsilon", "epsilon", _non_negative_float, "LRP epsilon rule's stabiliser (default 1e-6)"),
     ("--gamma", "gamma", _non_negative_float, "LRP gamma rule's weight on positive parts (default 0.25)"),
+    ("--composite", "composite", str, "LRP composite: epsilon, epsilon_plus, epsilon_plus_flat, epsilon_gamma_box, "
+                                      "alpha_beta (default epsilon_plus_flat)"),
+    ("--epsilon", "epsilon", _non_negative_float, "LRP epsilon rule's stabiliser (default 1e-6)"),
+    ("--gamma", "gamma", _non_negative_float, "LRP gamma rule's weight on positive parts (default 0.25)"),
     ("--window", "window", _positive_int, "occlusion: window side in pixels (default 16)"),
     ("--stride", "stride", _positive_int, "occlusion: window step in pixels (default 8)"),
     ("--segments", "segments", str, "features of feature_ablation, shapley_sampling, kernel_shap, lime: grid, slic, "

@@ -23,6 +23,8 @@ from saliency_jax.methods.score_cams import AblationCAM, ScoreCAM  # isort: skip
 from saliency_jax.methods.guided_ig import GuidedIG  # isort: skip
 from saliency_jax.methods.blur_ig import BlurIG  # isort: skip
 from saliency_jax.methods.expected_gradients import ExpectedGradients  # isort: skip
+from saliency_jax.methods.lrp import LRP  # isort: skip
+from saliency_jax.methods.deeplift import DeepLift, DeepLiftShap  # isort: skip
 from saliency_jax.methods.occlusion import Occlusion  # isort: skip
 from saliency_jax.methods.feature_ablation import FeatureAblation  # isort: skip
 from saliency_jax.methods.rise import RISE  # isort: skip
@@ -48,6 +50,8 @@ __all__ = [
     "BlurIG",
     "CAMMethod",
     "Deconvnet",
+    "DeepLift",
+    "DeepLiftShap",
     "EigenCAM",
     "ExpectedGradients",
     "FeatureAblation",
@@ -62,6 +66,7 @@ __all__ = [
     "IntegratedGradients",
     "KernelSHAP",
     "LIME",
+    "LRP",
     "LayerCAM",
     "LayerMethod",
     "Method",
