@@ -153,10 +153,6 @@ METHOD_FLAGS = (
                                       "alpha_beta (default epsilon_plus_flat)"),
     ("--epsilon", "epsilon", _non_negative_float, "LRP epsilon rule's stabiliser (default 1e-6)"),
     ("--gamma", "gamma", _non_negative_float, "LRP gamma rule's weight on positive parts (default 0.25)"),
-    ("--composite", "composite", str, "LRP composite: epsilon, epsilon_plus, epsilon_plus_flat, epsilon_gamma_box, "
-                                      "alpha_beta (default epsilon_plus_flat)"),
-    ("--epsilon", "epsilon", _non_negative_float, "LRP epsilon rule's stabiliser (default 1e-6)"),
-    ("--gamma", "gamma", _non_negative_float, "LRP gamma rule's weight on positive parts (default 0.25)"),
     ("--window", "window", _positive_int, "occlusion: window side in pixels (default 16)"),
     ("--stride", "stride", _positive_int, "occlusion: window step in pixels (default 8)"),
     ("--segments", "segments", str, "features of feature_ablation, shapley_sampling, kernel_shap, lime: grid, slic, "
@@ -660,6 +656,7 @@ def _add_features_command(sub) -> None:
     _add_model_options(f)
     f.add_argument("--data-dir", default=None, help="TFDS data folder (tfds: sources)")
     f.add_argument("--workers", type=_positive_int, default=None, help="decoding threads (default: CPU cores)")
+    _add_input_limits(f)
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument("--out", required=True, help="output folder")
     f.set_defaults(run=run_features)
@@ -685,7 +682,8 @@ def run_features(args) -> int:
                   "(--per-image)", file=sys.stderr)
     result = top_activations(model, source, args.layer, args.channels, k=args.k, per_image=per_image,
                              min_distance=args.min_distance if per_image > 1 else 0, batch_size=args.batch_size,
-                             workers=args.workers, progress=not args.no_progress)
+                             workers=args.workers, progress=not args.no_progress, max_pixels=args.max_pixels,
+                             max_bytes=args.max_bytes)
     for image_id, name, reason in result.errors:
         print(f"saliency-jax: error: {name}: {reason}", file=sys.stderr)
     tops = project_top(model, result, rule=args.rule, batch_size=min(args.batch_size, 16))

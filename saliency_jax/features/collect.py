@@ -20,7 +20,7 @@ import numpy as np
 
 from saliency_jax import images as _images
 from saliency_jax.batching import static_batch_size
-from saliency_jax.data import NO_LABEL, Example, decode_stream, open_source
+from saliency_jax.data import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, NO_LABEL, Example, decode_stream, open_source
 from saliency_jax.features.topk import check_candidates, init_topk, layer_shape, update_topk
 from saliency_jax.models.model import Model
 from saliency_jax.progress import reporter
@@ -103,8 +103,12 @@ def _array_example(i: int, image, size) -> Example:
 
 
 def stream_examples(source, size: tuple[int, int], ids: Sequence[int] | None = None, *,
-                    workers: int | None = None) -> Iterator[Example]:
-    """Examples (uint8 [h,w,3] at `size`, or an error) of a resolved source, all or those at `ids`, in order."""
+                    workers: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[Example]:
+    """Examples (uint8 [h,w,3] at `size`, or an error) of a resolved source, all or those at `ids`, in order.
+
+    Files over `max_bytes` or images over `max_pixels` become errors, never read or decoded.
+    """
     if not hasattr(source, "records"):
         for i in range(len(source)) if ids is None else ids:
             yield _array_example(i, source[i], size)
@@ -119,7 +123,7 @@ def stream_examples(source, size: tuple[int, int], ids: Sequence[int] | None = N
             else:
                 runs.append([i, i + 1])
         records = (r for start, stop in runs for r in source.records(start, stop))
-    yield from decode_stream(records, size, workers=workers)
+    yield from decode_stream(records, size, workers=workers, max_pixels=max_pixels, max_bytes=max_bytes)
 
 
 def load_examples(source, ids: Sequence[int], size: tuple[int, int]) -> dict[int, Example]:
@@ -151,6 +155,8 @@ def top_activations(
     batch_size: int = 32,
     workers: int | None = None,
     progress: bool | Callable[[int], None] = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> TopActivations:
     """The k strongest activations of each channel over a dataset, streamed (the Zeiler & Fergus search).
 
@@ -170,6 +176,7 @@ def top_activations(
       workers: decoding threads (default: one per core).
       progress: True for a tqdm bar on stderr, False for none, or a callable
         given the number of images consumed.
+      max_pixels, max_bytes: larger images or files are listed as errors, never decoded or read.
 
     Returns:
       A `TopActivations`.
@@ -186,9 +193,10 @@ def top_activations(
     if min_distance < 0:
         raise ValueError(f"min_distance must be >= 0, got {min_distance}")
     step = dict(layer=layer, per_image=per_image, min_distance=min_distance)
+    limits = dict(workers=workers, max_pixels=max_pixels, max_bytes=max_bytes)
     with reporter(progress, total, desc="top activations") as report:
         state, used, errors = _scan(model, source, channels, k, static_batch_size(total, batch_size), step,
-                                    report=report, workers=workers)
+                                    report=report, limits=limits)
     if used * per_image < k or not np.all(np.isfinite(np.asarray(state.values))):
         skipped = f" ({len(errors)} of {total} images could not be read)" if errors else ""
         raise ValueError(f"k={k} but only {used} usable images{skipped} x per_image={per_image} = "
@@ -199,7 +207,7 @@ def top_activations(
                           (h, w), per_image, used, tuple(errors), source)
 
 
-def _scan(model, source, channels: tuple[int, ...], k: int, size: int, step: dict, *, report, workers):
+def _scan(model, source, channels: tuple[int, ...], k: int, size: int, step: dict, *, report, limits: dict):
     """Streams `source` through `update_topk` in padded batches of `size` images.
 
     One batch stays in flight: the host decodes the next while the device
@@ -209,7 +217,7 @@ def _scan(model, source, channels: tuple[int, ...], k: int, size: int, step: dic
     state = init_topk(len(channels), k)
     channel_ids = np.asarray(channels, np.int32)
     errors, used, previous = [], 0, None
-    examples = stream_examples(source, model.input_size, workers=workers)
+    examples = stream_examples(source, model.input_size, **limits)
     for batch in _usable_batches(examples, size, errors, report):
         pixels, ids, valid = _padded(batch, size)
         state = update_topk(state, model, model.preprocess(pixels), ids, valid, channel_ids, **step)
