@@ -50,8 +50,8 @@ def xrai_regions(attr, masks, *, min_pixel_diff: int = 50, area_threshold=1.0):
     Ties go to the lowest mask index, as in PAIR's loop.
     """
     n = masks.shape[0]
-    flat = masks.reshape(n, -1).astype(jnp.float32)
-    a = attr.reshape(-1).astype(jnp.float32)
+    flat = jnp.asarray(masks).reshape(n, -1).astype(jnp.float32)
+    a = jnp.asarray(attr).reshape(-1).astype(jnp.float32)
 
     def cond(state):
         selected, _, _, done = state
@@ -73,7 +73,7 @@ def xrai_regions(attr, masks, *, min_pixel_diff: int = 50, area_threshold=1.0):
     selected, _, gains, _ = lax.while_loop(cond, body, start)
     rest = ~jnp.isfinite(gains)
     fill = jnp.sum(jnp.where(rest, a, 0.0)) / jnp.maximum(jnp.sum(rest), 1)
-    return jnp.where(rest, fill, gains).reshape(attr.shape)
+    return jnp.where(rest, fill, gains).reshape(np.shape(attr))
 
 
 def top_region(xrai_map, fraction: float = 0.2) -> np.ndarray:
