@@ -241,6 +241,22 @@ def test_grayscale_preprocess_maps_and_overlay(gray):
     assert render.montage([photo[..., 0], shown], pad=0).shape == (S, 2 * S, 3)
 
 
+def test_the_batch_job_runs_a_grayscale_model_on_rgb_files(gray, tmp_path):
+    from PIL import Image
+
+    from saliency_jax.data import open_source
+    from saliency_jax.jobs import load_outputs, run_batch_job
+
+    rgb = np.random.default_rng(4).integers(0, 256, (3, S, S, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    for i, image in enumerate(rgb):
+        Image.fromarray(image).save(tmp_path / "in" / f"{i}.png")
+    summary = run_batch_job(open_source(str(tmp_path / "in")), gray, tmp_path / "out", batch_size=2, progress=False)
+    assert summary.errors == 0
+    expected = saliency_jax.saliency_map(saliency_jax.attribute(gray, gray.preprocess(rgb), "top1"))
+    np.testing.assert_allclose(load_outputs(tmp_path / "out")["maps"], expected, atol=1e-5)
+
+
 def test_multispectral_preprocess_resizes_each_band():
     def net(x):
         return x.mean((1, 2)) @ jnp.ones((5, K))

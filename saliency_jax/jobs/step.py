@@ -18,7 +18,7 @@ import numpy as np
 
 from saliency_jax.maps import saliency_map
 from saliency_jax.methods import Method, as_method, attribute_batch
-from saliency_jax.models.model import Model
+from saliency_jax.models.model import LUMA, Model
 from saliency_jax.targets import TOP1
 from saliency_jax.sharding import batch_sharding, data_mesh, replicated, round_up
 
@@ -54,7 +54,11 @@ def make_step(model: Model, method: str | Method, *, batch_size: int, key=None, 
     mesh = data_mesh() if mesh is None else mesh
     batch = round_up(batch_size, mesh.devices.size)
     method = as_method(method, **dict(options or {}))
-    method = method.prepare(model, (*model.input_size, 3), images_per_call=batch)
+    channels = model.channels
+    if channels not in (1, 3):
+        raise ValueError(f"the batch job reads RGB image files; {model.name} expects {channels} channels "
+                         "(use saliency_jax.attribute on your own arrays)")
+    method = method.prepare(model, (*model.input_size, channels), images_per_call=batch)
     key = jax.random.key(0) if key is None else key
     split = batch_sharding(mesh)
     dtype = np.dtype(dtype).name
@@ -80,7 +84,10 @@ def fetch(result) -> StepOutput:
 @functools.partial(jax.jit, static_argnames=("dtype",))
 def _step(model, key, pixels, targets, method, *, dtype):
     # Module-level jit: a second job with the same model, method and shapes does not recompile.
-    x = (pixels.astype(jnp.float32) - np.float32(model.mean)) / np.float32(model.std)
+    x = pixels.astype(jnp.float32)
+    if model.channels == 1:  # the luma of the RGB files, as Model.preprocess
+        x = jnp.clip(jnp.round(x @ jnp.asarray(LUMA)[:, None]), 0, 255)
+    x = (x - np.float32(model.mean)) / np.float32(model.std)
     logits = model.apply(x)[0]
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     predicted = jnp.argmax(logits, axis=-1).astype(jnp.int32)
