@@ -229,6 +229,23 @@ def test_grouped_and_depthwise_convolutions_are_one_layer_under_every_implementa
         assert float(np.abs(expected).max()) > 0
 
 
+def test_a_jitted_einsum_and_its_bias_are_one_layer():
+    """layers.pointwise_conv is jnp.einsum (a jit call); its bias add follows outside that call."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(5)
+        w, b, x = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=(2, 2, 3))
+        f = lambda v: (layers.pointwise_conv(v[None], w) + b).reshape(-1)  # noqa: E731
+        assert [k for k, _ in relevance_sites(f, jnp.asarray(x))] == ["conv"]
+        out, y = _relevance(f, jnp.asarray(x), 5, {"conv": "zplus"}, **OPTS)
+        r = np.eye(16)[5] * y
+        expected = np_rule("zplus", x.reshape(4, 3)[1], w, b, r.reshape(4, 4)[1])  # position 1, channel 1
+        np.testing.assert_allclose(out.reshape(4, 3)[1], expected, rtol=1e-9)
+        np.testing.assert_allclose(np.delete(out.reshape(4, 3), 1, axis=0), 0, atol=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 def test_deeplift_multipliers_by_hand():
     w1, w2 = jnp.array([[1.0, -1.0], [2.0, 1.0]]), jnp.array([1.0, 1.0])
     f = lambda v: (jax.nn.relu(v @ w1 - 0.5) @ w2).reshape(1)  # noqa: E731

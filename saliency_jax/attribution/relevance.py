@@ -10,7 +10,8 @@ computes, not by how the model's code spells it:
                 the last axis of a >= 3-d activation (a 1x1 convolution as a matrix product),
                 a `custom_vjp` listed in `models.layers.LINEAR_VJP_BACKWARDS` (our shift-add
                 depthwise convolution), and a `lax.platform_dependent` choice between such
-                forms (our im2col stem / depthwise convolution)
+                forms (our im2col stem / depthwise convolution), and a call (e.g. `jnp.einsum`'s
+                jit) whose body is one such layer (or average pools only)
     dense       a dot_general contracting the last axis of a 1-d or 2-d activation
     avgpool     reduce_sum, reduce_window_sum (average/mean pooling, with the division a
                 "scale"), a dot_general contracting other axes (an adaptive pool as a matrix)
@@ -89,11 +90,25 @@ def _dot_kind(eqn, t: list[bool]) -> str | None:
     return "conv" if rank >= 3 else "dense"
 
 
-def _branch_kind(eqn, t: list[bool]) -> str | None:
-    """The kind of a platform choice whose every branch is one conv or dense layer."""
-    kinds = {tuple(k for k, _ in sites(*closed_jaxpr(b), t)) for b in eqn.params["branches"]}
-    (only,) = kinds if len(kinds) == 1 else (None,)
-    return only[0] if only and len(only) == 1 and only[0] in ("conv", "dense") else None
+def _body_kind(jaxpr, consts, t: list[bool]) -> str | None:
+    """The kind of a sub-jaxpr that is one linear layer (one conv/dense, or average pools only), else None."""
+    kinds = [k for k, _ in sites(jaxpr, consts, t)]
+    if not kinds or len(set(kinds)) != 1 or kinds[0] not in _LINEAR:
+        return None
+    return kinds[0] if kinds[0] == "avgpool" or len(kinds) == 1 else None
+
+
+def _call_kind(eqn, t: list[bool], platform: set) -> str | None:
+    """A call (e.g. `jnp.einsum`'s jit) or a platform choice whose body is one linear layer, as that layer."""
+    if sum(t) != 1:
+        return None
+    body = inline_body(eqn)
+    if body is not None:
+        return _body_kind(*body, t)
+    if eqn.primitive.name == "cond" and _is_var(eqn.invars[0]) and eqn.invars[0] in platform and not t[0]:
+        kinds = {_body_kind(*closed_jaxpr(b), t[1:]) for b in eqn.params["branches"]}
+        return kinds.pop() if len(kinds) == 1 else None
+    return None
 
 
 def _kind(eqn, t: list[bool], platform: set) -> str | None:
@@ -108,8 +123,8 @@ def _kind(eqn, t: list[bool], platform: set) -> str | None:
     if name == "custom_vjp_call":
         linear = getattr(eqn.params.get("bwd"), "f", None) in LINEAR_VJP_BACKWARDS
         return "conv" if linear and t[eqn.params.get("num_consts", 0)] and n == 1 else None
-    if name == "cond" and _is_var(eqn.invars[0]) and eqn.invars[0] in platform and not t[0]:
-        return _branch_kind(eqn, t[1:])
+    if name == "cond" or inline_body(eqn) is not None:
+        return _call_kind(eqn, t, platform)
     if name in ("add", "sub", "add_any"):
         return "sum" if n == 2 else None
     if name in ("reduce_sum", "reduce_window_sum"):
@@ -140,7 +155,7 @@ class _Analysis:
             kind = _kind(eqn, t, platform)
             if kind is not None:
                 self.kinds[i] = kind
-                if kind in ("conv", "dense"):
+                if kind in ("conv", "dense") and len(eqn.outvars) == 1:
                     producer[eqn.outvars[0]] = i
             self._fuse(i, eqn, t, producer, uses)
             if any(t):
