@@ -21,8 +21,11 @@ from PIL import Image
 
 from saliency_jax import render
 
-METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "ig", "gradcam", "guided_gradcam")
-OPTIONS = {"smoothgrad": {"num_samples": 25}, "ig": {"num_steps": 50}}
+METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "ig", "guided_ig", "blur_ig", "expected_gradients",
+           "gradcam", "guided_gradcam", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam", "eigencam",
+           "scorecam", "ablationcam")
+OPTIONS = {"smoothgrad": {"num_samples": 25}, "ig": {"num_steps": 50}, "guided_ig": {"num_steps": 100},
+           "blur_ig": {"num_steps": 50}, "expected_gradients": {"num_samples": 25}}
 
 
 def main():

@@ -366,8 +366,11 @@ def test_every_method_runs_on_every_zoo_architecture(name, method, tv_models):
     """(EfficientNet-Lite0 runs every method in tests/test_attribution.py.)"""
     model = tv_models[name]
     x = model.preprocess(_images(SIZES[name])[:1])
-    small = {"smoothgrad": {"num_samples": 2}, "ig": {"num_steps": 2}}
+    small = {"smoothgrad": {"num_samples": 2}, "ig": {"num_steps": 2}, "expected_gradients": {"num_samples": 2}}
     options = next((o for prefix, o in small.items() if prefix in method and method != "guided_gradcam"), {})
+    options = {k: v for k, v in options.items() if k in saliency_jax.methods.option_names(method)}  # eigencam: no steps
+    if method == "scorecam":  # one forward pass per channel: a 64-channel layer
+        options["layer"] = {"vgg16": "conv1_2", "resnet50": "stem"}[name]
     key = jax.random.key(0, impl="rbg")  # compiles faster on CPU than threefry
     maps = saliency_jax.attribute(model, x, "top1", method=method, key=key, **options)
     assert maps.shape == x.shape and bool(jnp.all(jnp.isfinite(maps)))
