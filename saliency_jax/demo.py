@@ -22,7 +22,8 @@ QUICK_METHODS = ("vanilla", "guided", "gradcam")
 # Affordable options of the slow perturbation methods in the full demo (a few hundred forward passes each).
 DEMO_OPTIONS = {"rise": {"num_masks": 500}, "shapley_sampling": {"num_permutations": 4},
                 "kernel_shap": {"num_samples": 200}, "lime": {"num_samples": 200}, "xrai": {"num_steps": 16},
-                "occlusion": {"window": 32, "stride": 16}}
+                "occlusion": {"window": 32, "stride": 16},
+                "guided_ig": {"num_steps": 50}, "blur_ig": {"num_steps": 50}}  # path methods: one gradient a step
 # Maps that seed the localisation boxes: the paper's gradient, and SmoothGrad's, whose seeds sit on
 # the object rather than spread over the photo (chelsea: the cat's face instead of its chin).
 LOCALIZE_SEEDS = ("vanilla", "smoothgrad")
