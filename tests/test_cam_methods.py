@@ -20,12 +20,13 @@ N_CLASSES, CHANNELS = 3, 4
 
 
 class PoolNet(nn.Module):
-    """conv 3x3 stride 2 -> ReLU ("down" [4,4,4] at 8x8) -> mean ("vec" [4]) -> dense: linear beyond "down"."""
+    """conv 3x3 stride 2 ("pre") -> ReLU ("down" [4,4,4] at 8x8) -> mean ("vec" [4]) -> dense: linear beyond "down"."""
 
     @nn.compact
     def __call__(self, x):
         feats = {}
-        y = tap(self, feats, "down", nn.relu(nn.Conv(CHANNELS, (3, 3), strides=(2, 2))(x)))
+        pre = tap(self, feats, "pre", nn.Conv(CHANNELS, (3, 3), strides=(2, 2))(x))  # signed activations
+        y = tap(self, feats, "down", nn.relu(pre))
         v = tap(self, feats, "vec", y.mean(axis=(1, 2)))
         return nn.Dense(N_CLASSES)(v), feats
 
@@ -37,7 +38,7 @@ def pool_net():
     rng = np.random.default_rng(4)
     params = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.2, 0.5, s.shape), s.dtype), shapes["params"])
     return Model("pool_net", module, {"params": params}, (8, 8), (0.0,), (1.0,),
-                 tuple(f"c{i}" for i in range(N_CLASSES)), ("down", "vec"))
+                 tuple(f"c{i}" for i in range(N_CLASSES)), ("pre", "down", "vec"))
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +202,7 @@ def _scorecam_loop(model, x, c, layer, score, align_corners):
 @pytest.mark.parametrize("score", ["softmax", "logit", "probability"])
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_scorecam_matches_a_loop_over_channels(pool_net, tiny, x, score, align_corners):
-    for model, layer in ((pool_net, "down"), (tiny, "conv")):
+    for model, layer in ((pool_net, "down"), (pool_net, "pre"), (tiny, "conv")):  # "pre": masks with min < 0
         out = _run(model, x, [0, 2, 1], "scorecam", layer=layer, score=score, align_corners=align_corners)
         for i, c in enumerate([0, 2, 1]):
             expected = _upsample(_scorecam_loop(model, x[i], c, layer, score, align_corners))
@@ -247,7 +248,7 @@ def test_the_default_chunk_keeps_about_32_images_in_flight(tiny):
     (dict(method="scorecam", layer="vec"), r"^Score-CAM needs a spatial layer \[h,w,K\]; 'vec' has shape \(4,\)$"),
     (dict(method="gradcam_plus_plus", layer="vec"), r"^Grad-CAM\+\+ needs a spatial layer"),
     (dict(method="eigencam", layer="vec"), r"^Eigen-CAM needs a spatial layer"),
-    (dict(method="ablationcam", layer="nope"), r"^unknown layer 'nope'; choose one of down, vec$"),
+    (dict(method="ablationcam", layer="nope"), r"^unknown layer 'nope'; choose one of pre, down, vec$"),
     (dict(method="scorecam", score="rank"), r"^unknown Score-CAM score 'rank'; choose one of softmax, logit, probability$"),
     (dict(method="scorecam", chunk_size=0), r"^ScoreCAM: chunk_size must be an integer in \[1, 100000\], got 0$"),
     (dict(method="layercam", relu=1), r"^LayerCAM: relu must be True or False, got 1$"),
