@@ -14,8 +14,8 @@ and this script installs nothing):
 torchvision is not installed: pytorch-grad-cam imports only its transforms and box_iou (unused
 here), so a stub module stands in. The reference model is `efficientnet-lite-pytorch` with the same
 weights as ours. Its one ReLU6 module serves stem and head, so a hook on it would capture the
-stem: the head's batch norm is followed by a separate ReLU6 copy (relu6 twice is relu6), the CAMs'
-target layer. PAIR's Guided IG calls np.quantile(interpolation=), gone in NumPy 2.4: patched to
+stem: it is replaced by the identity, and the stem's and the head's batch norms are each followed by
+a ReLU6 of their own; the head's is the CAMs' target layer. PAIR's Guided IG calls np.quantile(interpolation=), gone in NumPy 2.4: patched to
 method=. PAIR's Blur IG runs with batch_size=1 (with more it uses the last step's sigma for the
 whole batch). PAIR and Captum are driven by our logit function (PAIR: its gradient; Captum: a
 torch.autograd.Function around it), so they compare algorithms, not networks.
@@ -26,6 +26,7 @@ Prints one Markdown table: method, peer, metric, value per image, target.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import types
 
@@ -69,7 +70,10 @@ def torch_reference():
 
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights_path("efficientnet_lite0")))
     head_relu = torch.nn.ReLU6()
-    net._bn1 = torch.nn.Sequential(net._bn1, head_relu)
+    # The shared `_swish` (stem and head) becomes the identity and each use gets its own ReLU6. (Keeping it
+    # after a copy would zero the head's gradient where the activation saturates at 6: relu6'(6) = 0.)
+    net._bn0, net._bn1 = torch.nn.Sequential(net._bn0, torch.nn.ReLU6()), torch.nn.Sequential(net._bn1, head_relu)
+    net._swish = torch.nn.Identity()
     return net.eval(), head_relu
 
 
@@ -91,14 +95,15 @@ CAM_PEERS = {"gradcam": "GradCAM", "gradcam_plus_plus": "GradCAMPlusPlus", "xgra
 EXPENSIVE = ("scorecam", "ablationcam")  # 1280 forward passes per image on each side
 
 
-def cam_rows(model, x, targets, quick: bool) -> list:
+def cam_rows(model, x, targets, quick: bool, names=tuple(CAM_PEERS)) -> list:
     import pytorch_grad_cam
     import torch
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     net, head_relu = torch_reference()
     rows = []
-    for name, peer in CAM_PEERS.items():
+    for name in names:
+        peer = CAM_PEERS[name]
         n = 1 if (quick or name in EXPENSIVE) else len(x)
         options = {"align_corners": True} if name == "scorecam" else {}  # pytorch-grad-cam's mask upsampling
         ours = np.asarray(saliency_jax.attribute(model, x[:n], targets[:n], method=name, **options))[..., 0]
@@ -110,14 +115,18 @@ def cam_rows(model, x, targets, quick: bool) -> list:
     return rows
 
 
-def pair_call_model_function(model, target: int):
-    """PAIR's call_model_function around our gradient of class `target` (float32 in, float64 out)."""
+def pair_call_model_function(model, target: int, *, nudge: float = 0.0):
+    """PAIR's call_model_function around our gradient of class `target` (float32 in, float64 out).
+
+    `nudge` scales the points by (1 + nudge) before rounding them to float32 (a 1-ulp change at 2^-23).
+    """
     from saliency.core.base import INPUT_OUTPUT_GRADIENTS
 
     grad = jax.jit(jax.vmap(lambda z: class_gradient(model.logit_fn, z, target)))
 
     def call(batch, call_model_args=None, expected_keys=None):
-        return {INPUT_OUTPUT_GRADIENTS: np.asarray(grad(jnp.asarray(batch, jnp.float32)), np.float64)}
+        points = jnp.asarray(np.asarray(batch, np.float64) * (1 + nudge), jnp.float32)
+        return {INPUT_OUTPUT_GRADIENTS: np.asarray(grad(points), np.float64)}
 
     return call
 
@@ -131,13 +140,25 @@ def pair_rows(model, x, targets, quick: bool) -> list:
     n, steps = (1, 16) if quick else (2, 128)
     rows = []
     for max_dist in (0.0, 0.02):
-        ours = saliency_jax.attribute(model, x[:n], targets[:n], method="guided_ig", num_steps=steps,
-                                      max_dist=max_dist)
-        theirs = [GuidedIG().GetMask(np.asarray(x[i], np.float64), pair_call_model_function(model, int(targets[i])),
-                                     x_steps=steps, fraction=0.25, max_dist=max_dist) for i in range(n)]
-        values = [relative_max(o, t) for o, t in zip(np.asarray(ours), theirs)]
+        ours = np.asarray(saliency_jax.attribute(model, x[:n], targets[:n], method="guided_ig", num_steps=steps,
+                                                 max_dist=max_dist))
+
+        def pair(i, nudge=0.0):
+            return GuidedIG().GetMask(np.asarray(x[i], np.float64), pair_call_model_function(
+                model, int(targets[i]), nudge=nudge), x_steps=steps, fraction=0.25, max_dist=max_dist)
+
+        theirs = [pair(i) for i in range(n)]
+        values = [relative_max(o, t) for o, t in zip(ours, theirs)]
+        if max_dist == 0:
+            rows.append((f"guided_ig max_dist=0", f"PAIR GuidedIG ({steps} steps)", "max|diff|/max|PAIR|", values,
+                         "<= 1e-3"))
+            continue
+        own = [relative_max(pair(i, 2.0**-23), t) for i, t in enumerate(theirs)]
         rows.append((f"guided_ig max_dist={max_dist}", f"PAIR GuidedIG ({steps} steps)", "max|diff|/max|PAIR|",
-                     values, "<= 1e-3" if max_dist == 0 else "(path is chaotic: report)"))
+                     values, "PAIR's own 1-ulp change: " + ", ".join(f"{v:.3f}" for v in own)))
+        rows.append((f"guided_ig max_dist={max_dist}", f"PAIR GuidedIG ({steps} steps)", "Pearson r",
+                     [pearson(o, t) for o, t in zip(ours, theirs)], "PAIR's own 1-ulp change: " + ", ".join(
+                         f"{pearson(pair(i, 2.0**-23), t):.3f}" for i, t in enumerate(theirs))))
     steps = 20 if quick else 100
     ours = np.asarray(saliency_jax.attribute(model, x[:n], targets[:n], method="blur_ig", num_steps=steps))
     values, own = [], []
@@ -226,6 +247,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="cam,pair,captum", help="comma-separated: cam, pair, captum")
+    parser.add_argument("--cams", default=",".join(CAM_PEERS), help="the CAM methods compared (default: all)")
     args = parser.parse_args()
     stub_torchvision()
     patch_numpy_quantile()
@@ -233,7 +255,8 @@ def main():
     photos = [saliency_jax.load_image(p) for p in saliency_jax.bundled_images().values()]
     x = jnp.asarray(model.preprocess(photos))
     targets = np.asarray(jnp.argmax(model.logits(x), axis=-1), np.int32)
-    groups = {"cam": cam_rows, "pair": pair_rows, "captum": captum_rows}
+    groups = {"cam": functools.partial(cam_rows, names=args.cams.split(",")), "pair": pair_rows,
+              "captum": captum_rows}
     print("| method | peer | metric | value per image | target |\n|---|---|---|---|---|")
     for group in args.only.split(","):
         for name, peer, metric, values, target in groups[group](model, x, targets, args.quick):
