@@ -208,6 +208,16 @@ def test_max_pooling_sends_relevance_to_the_maximum_and_avg_pooling_in_proportio
     np.testing.assert_allclose(r, [[0, 6.0], [0, 0]], rtol=1e-6)
     r, _ = _relevance(lambda v: jnp.mean(v).reshape(1), x, 0, "epsilon", epsilon=0.0)
     np.testing.assert_allclose(r, np.asarray(x) / 4, rtol=1e-6)  # x_i / sum(x) of mean = sum / 4
+    # an adaptive average pool as two pooling matrices (VGG's einsum over h, then w) is one Norm layer
+    from saliency_jax.models.vgg import adaptive_avg_pool
+
+    x = jnp.asarray(np.random.default_rng(6).uniform(0.5, 2, size=(1, 2, 2, 3)), jnp.float32)
+    pooled = lambda v: adaptive_avg_pool(v, (7, 7)).reshape(-1)  # noqa: E731
+    r, _ = _relevance(pooled, x, 24 * 3 + 1, "epsilon", stabilizer=0.1)
+    y = np.asarray(pooled(x))
+    expected = np.asarray(x).reshape(-1) * np.asarray(jax.grad(lambda v: pooled(v)[73])(x)).reshape(-1) * y[73] / (
+        y[73] + 0.1)
+    np.testing.assert_allclose(r.reshape(-1), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("impl", ["shift_add", "native", "auto"])
@@ -229,13 +239,13 @@ def test_grouped_and_depthwise_convolutions_are_one_layer_under_every_implementa
         assert float(np.abs(expected).max()) > 0
 
 
-def test_a_jitted_einsum_and_its_bias_are_one_layer():
-    """layers.pointwise_conv is jnp.einsum (a jit call); its bias add follows outside that call."""
+def test_a_jitted_layer_and_its_bias_are_one_layer():
+    """A layer inside a jit call, its bias added outside that call."""
     jax.config.update("jax_enable_x64", True)
     try:
         rng = np.random.default_rng(5)
         w, b, x = rng.normal(size=(3, 4)), rng.normal(size=4), rng.normal(size=(2, 2, 3))
-        f = lambda v: (layers.pointwise_conv(v[None], w) + b).reshape(-1)  # noqa: E731
+        f = lambda v: (jax.jit(layers.pointwise_conv)(v[None], w) + b).reshape(-1)  # noqa: E731
         assert [k for k, _ in relevance_sites(f, jnp.asarray(x))] == ["conv"]
         out, y = _relevance(f, jnp.asarray(x), 5, {"conv": "zplus"}, **OPTS)
         r = np.eye(16)[5] * y

@@ -143,10 +143,10 @@ class _Analysis:
 
     def __init__(self, jaxpr: jex.Jaxpr, tainted_invars: Sequence[bool]):
         self.tainted = {v for v, t in zip(jaxpr.invars, tainted_invars) if t}
-        self.taint, self.kinds, self.bias_of, self.fused = [], {}, {}, set()
+        self.taint, self.kinds, self.bias_of, self.fused, self.chain_of = [], {}, {}, set(), {}
         uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if _is_var(v))
         uses.update(v for v in jaxpr.outvars if _is_var(v))
-        platform, producer = set(), {}
+        platform, producer, pools = set(), {}, {}
         for i, eqn in enumerate(jaxpr.eqns):
             t = [_is_var(v) and v in self.tainted for v in eqn.invars]
             self.taint.append(t)
@@ -157,9 +157,20 @@ class _Analysis:
                 self.kinds[i] = kind
                 if kind in ("conv", "dense") and len(eqn.outvars) == 1:
                     producer[eqn.outvars[0]] = i
+                self._chain(i, eqn, t, pools, uses)
             self._fuse(i, eqn, t, producer, uses)
             if any(t):
                 self.tainted.update(eqn.outvars)
+
+    def _chain(self, i, eqn, t, pools, uses) -> None:
+        """Marks a pooling matrix applied to another's output (e.g. an einsum over h, then w) as one layer."""
+        if eqn.primitive.name != "dot_general" or self.kinds[i] != "avgpool":
+            return
+        z = eqn.invars[t.index(True)]
+        if z in pools and uses[z] == 1:
+            self.chain_of[i] = pools[z]
+            self.fused.add(pools[z])
+        pools[eqn.outvars[0]] = i
 
     def _fuse(self, i, eqn, t, producer, uses) -> None:
         """Marks `z + b` / `b + z` / `z - b` (b constant, z a conv/dense output used once) as z's bias."""
@@ -218,13 +229,26 @@ def _without(values: Sequence, i: int) -> list:
     return [v for j, v in enumerate(values) if j != i]
 
 
-def _linear_layer(eqn, invals, t: int, bias, rule: str, options: lrp_rules.Options):
-    """The layer `eqn` (activation operand `t`) + bias, with `rule` as its backward pass."""
-    params = _without(invals, t)
-    n = len(params)
+def _piece(eqn, invals, t: int):
+    """(lin, x, params) of a linear equation whose activation operand is `t`: lin(x, params) = z."""
 
     def lin(x, ps):
         return bind(eqn, _insert(ps, t, x))[0]
+
+    return lin, invals[t], _without(invals, t)
+
+
+def _compose(inner, outer):
+    """The piece `outer` applied to `inner`'s output, as one piece (a chain of pooling matrices)."""
+    (lin_a, x, pa), (lin_b, _, pb) = inner, outer
+    n = len(pa)
+    return (lambda v, ps: lin_b(lin_a(v, ps[:n]), ps[n:])), x, [*pa, *pb]
+
+
+def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
+    """The linear piece (lin, x, params) + bias, with `rule` as its backward pass."""
+    lin, x0, params = piece
+    n = len(params)
 
     @jax.custom_vjp
     def layer(x, *rest):
@@ -242,7 +266,7 @@ def _linear_layer(eqn, invals, t: int, bias, rule: str, options: lrp_rules.Optio
         return (rx.astype(x.dtype), *[None] * len(rest))
 
     layer.defvjp(fwd, bwd)
-    return layer(invals[t], *params, *(() if bias is None else (bias,)))
+    return layer(x0, *params, *(() if bias is None else (bias,)))
 
 
 def _sum_layer(eqn, invals, eps: float):
@@ -295,16 +319,22 @@ class _LRP:
         index = {id(e): i for i, e in enumerate(jaxpr.eqns)}
         pending = {}
 
+        def piece(i, eqn, invals):
+            own = _piece(eqn, invals, a.taint[i].index(True))
+            return _compose(pending.pop(a.chain_of[i])[0], own) if i in a.chain_of else own
+
         def eval_eqn(eqn, invals):
             i = index[id(eqn)]
-            if i in a.fused:  # evaluated with its bias, at the add
-                pending[i] = (invals, self.rule(a.kinds[i], eqn))
+            if i in a.fused:  # evaluated with its bias at the add, or with the next pooling matrix
+                pending[i] = (piece(i, eqn, invals), self.rule(a.kinds[i], eqn))
                 return bind(eqn, invals)
             if i in a.bias_of:
                 j, pos = a.bias_of[i]
-                (lin_invals, rule), bias = pending.pop(j), invals[1 - pos]
+                (lin_piece, rule), bias = pending.pop(j), invals[1 - pos]
                 bias = -bias if eqn.primitive.name == "sub" else bias
-                return [_linear_layer(jaxpr.eqns[j], lin_invals, a.taint[j].index(True), bias, rule, self.options)]
+                return [_linear_layer(lin_piece, bias, rule, self.options)]
+            if a.kinds.get(i) in _LINEAR:
+                return [_linear_layer(piece(i, eqn, invals), None, self.rule(a.kinds[i], eqn), self.options)]
             return self.eval_eqn(eqn, invals, a.kinds.get(i), a.taint[i])
 
         return run_jaxpr(jaxpr, consts, args, eval_eqn)
@@ -316,8 +346,6 @@ class _LRP:
                 return self.eval(*body, invals, t)
             return bind(eqn, invals)
         rule = self.rule(kind, eqn)
-        if kind in _LINEAR:
-            return [_linear_layer(eqn, invals, t.index(True), None, rule, self.options)]
         if rule == "gradient" or kind == "maxpool":
             return bind(eqn, invals)
         if kind == "sum":
