@@ -70,7 +70,7 @@ class Layer(NamedTuple):
     """One linear layer at its forward point: y = lin(x, params) + bias.
 
     lin: `(x, params) -> z`, linear in x; params: its other operands (weights;
-    integer operands are never modified); bias: broadcast to y, or None.
+    integer operands are never modified); bias: broadcast to y, or None; nonneg: x >= 0 is known.
     """
 
     lin: Callable
@@ -78,6 +78,7 @@ class Layer(NamedTuple):
     params: Sequence[Any]
     bias: Any
     y: jax.Array
+    nonneg: bool = False  # x is statically >= 0 (after a ReLU): the rules skip their x- terms (all zero)
 
 
 def stabilize(z, eps: float):
@@ -127,35 +128,36 @@ def rule_epsilon(layer: Layer, r, eps: float):
     return layer.x * pull(divide(r, layer.y, eps))[0]
 
 
+def _signed_pair(layer: Layer, pos_fn, neg_fn, bias_fn):
+    """(z, share) of x+ through pos_fn(W) (+ bias_fn(b)) plus x- through neg_fn(W): share(d) is the
+    relevance x+ * pullback + x- * pullback of d. The x- term is skipped when x >= 0 is known."""
+    xp = _pos(layer.x)
+    zp, pull_p = _term(layer, xp, pos_fn, bias_fn)
+    if layer.nonneg:
+        return zp, lambda d: xp * pull_p(d)
+    xn = _neg(layer.x)
+    zn, pull_n = _term(layer, xn, neg_fn)
+    return zp + zn, lambda d: xp * pull_p(d) + xn * pull_n(d)
+
+
 def rule_zplus(layer: Layer, r, o: Options):
-    xp, xn = _pos(layer.x), _neg(layer.x)
-    zp, pull_p = _term(layer, xp, _pos, _pos)
-    zn, pull_n = _term(layer, xn, _neg)
-    d = divide(r, zp + zn, o.stabilizer)
-    return xp * pull_p(d) + xn * pull_n(d)
+    z, share = _signed_pair(layer, _pos, _neg, _pos)
+    return share(divide(r, z, o.stabilizer))
 
 
 def rule_alpha_beta(layer: Layer, r, o: Options):
-    xp, xn = _pos(layer.x), _neg(layer.x)
-    z1, p1 = _term(layer, xp, _pos, _pos)
-    z2, p2 = _term(layer, xn, _neg)
-    z3, p3 = _term(layer, xp, _neg, _neg)
-    z4, p4 = _term(layer, xn, _pos)
-    dp, dn = divide(r, z1 + z2, o.stabilizer), divide(r, z3 + z4, o.stabilizer)
-    return o.alpha * (xp * p1(dp) + xn * p2(dp)) - o.beta * (xp * p3(dn) + xn * p4(dn))
+    zp, share_p = _signed_pair(layer, _pos, _neg, _pos)
+    zn, share_n = _signed_pair(layer, _neg, _pos, _neg)
+    return o.alpha * share_p(divide(r, zp, o.stabilizer)) - o.beta * share_n(divide(r, zn, o.stabilizer))
 
 
 def rule_gamma(layer: Layer, r, o: Options):
     g = o.gamma
     up, down = (lambda w: w + g * _pos(w)), (lambda w: w + g * _neg(w))
-    xp, xn = _pos(layer.x), _neg(layer.x)
-    z1, p1 = _term(layer, xp, up, up)
-    z2, p2 = _term(layer, xn, down)
-    z3, p3 = _term(layer, xp, down, down)
-    z4, p4 = _term(layer, xn, up)
-    dp = (layer.y > 0) * divide(r, z1 + z2, o.stabilizer)
-    dn = (layer.y < 0) * divide(r, z3 + z4, o.stabilizer)
-    return xp * p1(dp) + xn * p2(dp) + xp * p3(dn) + xn * p4(dn)
+    zp, share_p = _signed_pair(layer, up, down, up)
+    zn, share_n = _signed_pair(layer, down, up, down)
+    return (share_p((layer.y > 0) * divide(r, zp, o.stabilizer))
+            + share_n((layer.y < 0) * divide(r, zn, o.stabilizer)))
 
 
 def rule_flat(layer: Layer, r, o: Options):

@@ -59,6 +59,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jex
 
 from saliency_jax.attribution import lrp_rules
@@ -138,11 +139,46 @@ def _kind(eqn, t: list[bool], platform: set) -> str | None:
     return "scale" if name in _SCALES and (name != "div" or t[0]) else None
 
 
-class _Analysis:
-    """Static facts of one jaxpr: which vars are activations, each equation's kind, fused biases."""
+# Operations whose output is >= 0 where all their activation operands are (data movement, pools, sums).
+_KEEPS_SIGN = frozenset({"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev",
+                         "copy", "convert_element_type", "reduce_window_max", "reduce_max", "reduce_sum",
+                         "reduce_window_sum", "dynamic_slice"})
 
-    def __init__(self, jaxpr: jex.Jaxpr, tainted_invars: Sequence[bool]):
+
+def _nonnegative(atom, known: set) -> bool:
+    if isinstance(atom, jex.Literal):
+        try:
+            return bool(np.all(np.asarray(atom.val) >= 0))
+        except (TypeError, ValueError):
+            return False
+    return atom in known
+
+
+def _nonneg_out(eqn, known: set, t: list[bool]) -> list[bool]:
+    """Which outputs of `eqn` are statically >= 0 (a ReLU's max(x, 0), relu6, a pool of those, ...)."""
+    name, ins = eqn.primitive.name, [_nonnegative(v, known) for v in eqn.invars]
+    if name == "max":
+        return [any(ins)]
+    if name in ("min", "pad", "add", "concatenate"):
+        return [all(ins)]
+    if name == "clamp":
+        return [ins[0] or (ins[1] and ins[2])]
+    if name in _KEEPS_SIGN:
+        return [all(n for n, ti in zip(ins, t) if ti)]
+    body = inline_body(eqn)
+    if body is not None:
+        sub = _Analysis(body[0], t, ins)
+        return [_nonnegative(v, sub.nonneg) for v in body[0].outvars]
+    return [False] * len(eqn.outvars)
+
+
+class _Analysis:
+    """Static facts of one jaxpr: which vars are activations (and which are >= 0), each equation's kind,
+    fused biases."""
+
+    def __init__(self, jaxpr: jex.Jaxpr, tainted_invars: Sequence[bool], nonneg_invars: Sequence[bool] = ()):
         self.tainted = {v for v, t in zip(jaxpr.invars, tainted_invars) if t}
+        self.nonneg = {v for v, n in zip(jaxpr.invars, nonneg_invars) if n}
         self.taint, self.kinds, self.bias_of, self.fused, self.chain_of = [], {}, {}, set(), {}
         uses = collections.Counter(v for e in jaxpr.eqns for v in e.invars if _is_var(v))
         uses.update(v for v in jaxpr.outvars if _is_var(v))
@@ -161,6 +197,7 @@ class _Analysis:
             self._fuse(i, eqn, t, producer, uses)
             if any(t):
                 self.tainted.update(eqn.outvars)
+                self.nonneg.update(v for v, n in zip(eqn.outvars, _nonneg_out(eqn, self.nonneg, t)) if n)
 
     def _chain(self, i, eqn, t, pools, uses) -> None:
         """Marks a pooling matrix applied to another's output (e.g. an einsum over h, then w) as one layer."""
@@ -229,25 +266,26 @@ def _without(values: Sequence, i: int) -> list:
     return [v for j, v in enumerate(values) if j != i]
 
 
-def _piece(eqn, invals, t: int):
-    """(lin, x, params) of a linear equation whose activation operand is `t`: lin(x, params) = z."""
+def _piece(eqn, invals, t: int, nonneg: bool):
+    """(lin, x, params, nonneg) of a linear equation whose activation operand is `t`: lin(x, params) = z;
+    nonneg: x is statically >= 0."""
 
     def lin(x, ps):
         return bind(eqn, _insert(ps, t, x))[0]
 
-    return lin, invals[t], _without(invals, t)
+    return lin, invals[t], _without(invals, t), nonneg
 
 
 def _compose(inner, outer):
     """The piece `outer` applied to `inner`'s output, as one piece (a chain of pooling matrices)."""
-    (lin_a, x, pa), (lin_b, _, pb) = inner, outer
+    (lin_a, x, pa, nonneg), (lin_b, _, pb, _) = inner, outer
     n = len(pa)
-    return (lambda v, ps: lin_b(lin_a(v, ps[:n]), ps[n:])), x, [*pa, *pb]
+    return (lambda v, ps: lin_b(lin_a(v, ps[:n]), ps[n:])), x, [*pa, *pb], nonneg
 
 
 def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
-    """The linear piece (lin, x, params) + bias, with `rule` as its backward pass."""
-    lin, x0, params = piece
+    """The linear piece (lin, x, params, nonneg) + bias, with `rule` as its backward pass."""
+    lin, x0, params, nonneg = piece
     n = len(params)
 
     @jax.custom_vjp
@@ -261,7 +299,8 @@ def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
 
     def bwd(res, r):
         x, rest, y = res
-        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], rest[n] if bias is not None else None, y),
+        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], rest[n] if bias is not None else None, y,
+                                                           nonneg),
                                    r, options)
         return (rx.astype(x.dtype), *[None] * len(rest))
 
@@ -314,13 +353,14 @@ class _LRP:
         self.seen.add(kind)
         return rule
 
-    def eval(self, jaxpr, consts, args, tainted) -> list:
-        a = _Analysis(jaxpr, tainted)
+    def eval(self, jaxpr, consts, args, tainted, nonneg=()) -> list:
+        a = _Analysis(jaxpr, tainted, nonneg)
         index = {id(e): i for i, e in enumerate(jaxpr.eqns)}
         pending = {}
 
         def piece(i, eqn, invals):
-            own = _piece(eqn, invals, a.taint[i].index(True))
+            t = a.taint[i].index(True)
+            own = _piece(eqn, invals, t, _nonnegative(eqn.invars[t], a.nonneg))
             return _compose(pending.pop(a.chain_of[i])[0], own) if i in a.chain_of else own
 
         def eval_eqn(eqn, invals):
@@ -335,15 +375,16 @@ class _LRP:
                 return [_linear_layer(lin_piece, bias, rule, self.options)]
             if a.kinds.get(i) in _LINEAR:
                 return [_linear_layer(piece(i, eqn, invals), None, self.rule(a.kinds[i], eqn), self.options)]
-            return self.eval_eqn(eqn, invals, a.kinds.get(i), a.taint[i])
+            nonneg = [_nonnegative(v, a.nonneg) for v in eqn.invars]
+            return self.eval_eqn(eqn, invals, a.kinds.get(i), a.taint[i], nonneg)
 
         return run_jaxpr(jaxpr, consts, args, eval_eqn)
 
-    def eval_eqn(self, eqn, invals, kind, t) -> list:
+    def eval_eqn(self, eqn, invals, kind, t, nonneg) -> list:
         if kind is None:
             body = inline_body(eqn) if any(t) else None
             if body is not None and sites(*body, t):
-                return self.eval(*body, invals, t)
+                return self.eval(*body, invals, t, nonneg)
             return bind(eqn, invals)
         rule = self.rule(kind, eqn)
         if rule == "gradient" or kind == "maxpool":
