@@ -134,6 +134,24 @@ def peer(out: pathlib.Path, size: int, images: int, avg_pool: bool) -> None:
              baselines=baselines.transpose(0, 2, 3, 1), **maps)
 
 
+def peer_time(out: pathlib.Path, size: int, batch: int, repeats: int = 2) -> None:
+    """Saves vgg16.pth and writes zennit's EpsilonPlusFlat time (best of `repeats`, float32) to time.txt."""
+    import time
+
+    import torch
+
+    model = _torch_vgg(False)
+    torch.save(model.state_dict(), out / "vgg16.pth")
+    x = torch.randn(batch, 3, size, size)
+    composite = _zennit_composites(0.0, 1.0)["epsilon_plus_flat"]
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        _zennit_maps(model, x.clone(), np.zeros(batch, np.int64), composite)
+        times.append(time.perf_counter() - start)
+    (out / "time.txt").write_text(str(min(times[1:])))
+
+
 # ---- our side ------------------------------------------------------------------------------------
 def ours(out: pathlib.Path, avg_pool: bool) -> dict:
     import jax
@@ -190,7 +208,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--no-maxpool", action="store_true")
     parser.add_argument("--peer", type=pathlib.Path, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-time", type=pathlib.Path, help=argparse.SUPPRESS)  # for bench_lrp.py --vs-zennit
     args = parser.parse_args()
+    if args.peer_time:
+        return peer_time(args.peer_time, args.size, args.images)
     if args.peer:
         return peer(args.peer, args.size, args.images, args.no_maxpool)
     with tempfile.TemporaryDirectory() as tmp:
