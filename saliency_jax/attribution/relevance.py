@@ -299,9 +299,8 @@ def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
 
     def bwd(res, r):
         x, rest, y = res
-        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], rest[n] if bias is not None else None, y,
-                                                           nonneg),
-                                   r, options)
+        b = None if bias is None else rest[n]
+        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], b, y, nonneg), r, options)
         return (rx.astype(x.dtype), *[None] * len(rest))
 
     layer.defvjp(fwd, bwd)
@@ -414,7 +413,7 @@ def lrp(fn: Callable, composite: str | Mapping[str, str] = "epsilon_plus_flat", 
       >>> f = lambda x: jnp.ones((2, 3)) @ jax.nn.relu(jnp.eye(3) @ x)
       >>> y, pull = jax.vjp(lrp(f, "epsilon", epsilon=0.0), jnp.array([1., 2., -1.]))
       >>> pull(jnp.array([y[0], 0.]))[0]          # sums to y[0] = 3
-      Array([1., 2., 0.], dtype=float32)
+      Array([ 1.,  2., -0.], dtype=float32)
     """
     mapping, opts = lrp_rules.composite_map(composite), lrp_rules.Options(**options)
     lrp_rules.check_options(opts)
