@@ -15,8 +15,8 @@ torchvision is not installed: pytorch-grad-cam imports only its transforms and b
 here), so a stub module stands in. The reference model is `efficientnet-lite-pytorch` with the same
 weights as ours. Its one ReLU6 module serves stem and head, so a hook on it would capture the
 stem: it is replaced by the identity, and the stem's and the head's batch norms are each followed by
-a ReLU6 of their own; the head's is the CAMs' target layer. PAIR's Guided IG calls np.quantile(interpolation=), gone in NumPy 2.4: patched to
-method=. PAIR's Blur IG runs with batch_size=1 (with more it uses the last step's sigma for the
+a ReLU6 of their own; the head's is the CAMs' target layer. PAIR's Guided IG calls
+np.quantile(interpolation=), gone in NumPy 2.4: patched to method=. PAIR's Blur IG runs with batch_size=1 (with more it uses the last step's sigma for the
 whole batch). PAIR and Captum are driven by our logit function (PAIR: its gradient; Captum: a
 torch.autograd.Function around it), so they compare algorithms, not networks.
 

@@ -236,7 +236,8 @@ def test_every_method_batches_like_single_images_and_compiles_once(tiny, tiny_x,
         (dict(method="ig", num_samples=3), r"unknown option\(s\) num_samples; valid options: num_steps"),
         (dict(method="gradcam", layer="fc9"), "unknown layer 'fc9'; choose one of conv, pool"),
         (dict(method="gradcam_plus_plus", layer="pool"), r"Grad-CAM\+\+ needs a spatial layer"),  # gradcam: 1x1
-        (dict(method="vanilla", baseline=0.0), r"baseline is only used by methods with a baseline \(ig, [a-z_, ]+\), not 'vanilla'"),
+        (dict(method="vanilla", baseline=0.0),
+         r"baseline is only used by methods with a baseline \(ig, [a-z_, ]+\), not 'vanilla'"),
     ],
 )
 def test_bad_input_gives_a_clear_error(tiny, kwargs, message):

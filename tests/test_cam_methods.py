@@ -164,7 +164,8 @@ def test_eigencam_is_the_first_principal_component_with_a_positive_channel_sum(t
 
 
 def test_eigencam_ignores_the_target(tiny, x):
-    np.testing.assert_array_equal(_run(tiny, x, 0, "eigencam", layer="conv"), _run(tiny, x, 3, "eigencam", layer="conv"))
+    np.testing.assert_array_equal(_run(tiny, x, 0, "eigencam", layer="conv"),
+                                  _run(tiny, x, 3, "eigencam", layer="conv"))
 
 
 # ---- Score-CAM and Ablation-CAM against a Python loop over channels ----------------------------------
@@ -249,7 +250,8 @@ def test_the_default_chunk_keeps_about_32_images_in_flight(tiny):
     (dict(method="gradcam_plus_plus", layer="vec"), r"^Grad-CAM\+\+ needs a spatial layer"),
     (dict(method="eigencam", layer="vec"), r"^Eigen-CAM needs a spatial layer"),
     (dict(method="ablationcam", layer="nope"), r"^unknown layer 'nope'; choose one of pre, down, vec$"),
-    (dict(method="scorecam", score="rank"), r"^unknown Score-CAM score 'rank'; choose one of softmax, logit, probability$"),
+    (dict(method="scorecam", score="rank"),
+     r"^unknown Score-CAM score 'rank'; choose one of softmax, logit, probability$"),
     (dict(method="scorecam", chunk_size=0), r"^ScoreCAM: chunk_size must be an integer in \[1, 100000\], got 0$"),
     (dict(method="layercam", relu=1), r"^LayerCAM: relu must be True or False, got 1$"),
 ])

@@ -33,7 +33,10 @@ DEFAULT_NUM_STEPS = 100  # PAIR's defaults: max_sigma 50, 100 steps, grad_step 0
 
 
 def offset_taps(sigma: float, size: int) -> np.ndarray:
-    """Gaussian taps by offset d = -(size-1)..size-1: float32 [2 size - 1] (zero beyond the radius; sigma 0: a delta)."""
+    """Gaussian taps by offset d = -(size-1)..size-1: float32 [2 size - 1].
+
+    Zero beyond the kernel's radius; sigma 0 is a delta (no blur).
+    """
     taps = np.zeros(2 * size - 1)
     if sigma == 0:
         taps[size - 1] = 1.0
