@@ -1,4 +1,7 @@
-"""Cheap options of the perturbation methods for the registry-wide tests (8x8 images, a few forward passes)."""
+"""Cheap options of every registered method, for the registry-wide tests (tiny images, a few passes each).
+
+The one place a new method's test options go: `cheap_options(name, layer=...)`.
+"""
 
 CHEAP = {
     "occlusion": {"window": 4, "stride": 2},
@@ -11,6 +14,16 @@ CHEAP = {
 }
 
 
-def cheap_options(name: str) -> dict:
-    """Options that keep method `name` to a few forward passes on an 8x8 image ({} for other methods)."""
-    return dict(CHEAP.get(name, {}))
+COUNTS = {"num_samples": 3, "num_steps": 3}
+
+
+def cheap_options(name: str, *, layer: str | None = None) -> dict:
+    """Options that keep method `name` to a few passes on an 8x8 image: small sample/step counts,
+    `layer` for the methods that take one, and the perturbation methods' small windows and masks."""
+    from saliency_jax.methods import option_names
+
+    valid = option_names(name)
+    options = {k: v for k, v in COUNTS.items() if k in valid}
+    if layer is not None and "layer" in valid:
+        options["layer"] = layer
+    return {**options, **CHEAP.get(name, {})}

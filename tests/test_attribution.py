@@ -14,7 +14,7 @@ from saliency_jax.methods.integrated_gradients import integrated_gradients, path
 from saliency_jax.attribution.sampling import sample_sum
 from saliency_jax.methods.smoothgrad import smoothgrad
 from saliency_jax.models.model import Model
-from perturbation_options import cheap_options
+from method_options import cheap_options
 from tiny_models import tiny_model
 
 H, W, C, K = 6, 5, 3, 4
@@ -199,15 +199,8 @@ ALL = sorted(methods.available_methods())
 
 @pytest.mark.parametrize("method", ALL)
 def test_every_method_batches_like_single_images_and_compiles_once(tiny, tiny_x, method):
-    options = methods.option_names(method)
     kw = {"key": jax.random.key(1)} if methods.get(method).needs_key else {}
-    if "num_samples" in options:
-        kw["num_samples"] = 3
-    if "num_steps" in options:
-        kw["num_steps"] = 3
-    if "layer" in options:
-        kw["layer"] = "conv"
-    kw.update(cheap_options(method))
+    kw.update(cheap_options(method, layer="conv"))
     targets = jnp.array([0, 3, 1])
     out = methods.attribute(tiny, tiny_x, targets, method=method, **kw)
     assert out.shape == tiny_x.shape and bool(jnp.all(jnp.isfinite(out)))

@@ -17,7 +17,7 @@ from flax import nnx
 import saliency_jax
 from saliency_jax import methods
 from saliency_jax.models.custom import from_function, from_linen, from_nnx
-from perturbation_options import cheap_options
+from method_options import cheap_options
 
 H, W, K = 16, 16, 5
 ATOL = 1e-5
@@ -201,15 +201,8 @@ def test_linen_carries_every_collection_and_call_kwargs():
 
 # ---- every method on every kind ----------------------------------------------------------------
 def _options(method):
-    options = methods.option_names(method)
     kw = {"key": jax.random.key(3, impl="rbg")} if methods.get(method).needs_key else {}  # rbg: cheaper on CPU
-    if "num_samples" in options:
-        kw["num_samples"] = 3
-    if "num_steps" in options:
-        kw["num_steps"] = 4
-    if "layer" in options:
-        kw["layer"] = "conv2"
-    return {**kw, **cheap_options(method)}
+    return {**kw, **cheap_options(method, layer="conv2")}
 
 
 @pytest.mark.parametrize("method", saliency_jax.available_methods())

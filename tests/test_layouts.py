@@ -19,11 +19,7 @@ from saliency_jax.maximize import presets, transforms
 from saliency_jax.methods import batch
 from saliency_jax.models.custom import from_function, from_linen
 
-try:
-    from perturbation_options import cheap_options
-except ImportError:  # the perturbation family's options helper, if present
-    def cheap_options(name):
-        return {}
+from method_options import cheap_options
 
 S, K = 8, 3
 
@@ -212,9 +208,7 @@ def gray():
 
 
 def _options(name):
-    options = methods.option_names(name)
-    kw = {k: v for k, v in {"num_samples": 2, "num_steps": 2, "layer": "conv2"}.items() if k in options}
-    return {**kw, **cheap_options(name)}
+    return cheap_options(name, layer="conv2")
 
 
 @pytest.mark.parametrize("name", saliency_jax.available_methods())

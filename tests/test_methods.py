@@ -14,7 +14,7 @@ from PIL import Image
 import saliency_jax
 from saliency_jax import methods
 from saliency_jax.methods.integrated_gradients import path_points
-from perturbation_options import cheap_options
+from method_options import cheap_options
 from tiny_models import tiny_model
 
 K = 4
@@ -32,9 +32,7 @@ def x():
 
 def _small(name: str) -> dict:
     """Cheap options for a registered method (few samples and steps)."""
-    options = methods.option_names(name)
-    small = {k: v for k, v in (("num_samples", 3), ("num_steps", 3), ("layer", "conv")) if k in options}
-    return {**small, **cheap_options(name)}
+    return cheap_options(name, layer="conv")
 
 
 @dataclasses.dataclass(frozen=True)
