@@ -15,7 +15,8 @@ if folder is not None:
 
 
 def _run(tmp_path, **env):
-    environ = {**os.environ, "SALIENCY_JAX_CACHE": str(tmp_path), **env}
+    environ = {k: v for k, v in os.environ.items() if k != "SALIENCY_JAX_NO_COMPILE_CACHE"}  # conftest sets it
+    environ.update({"SALIENCY_JAX_CACHE": str(tmp_path), **env})
     return subprocess.run([sys.executable, "-c", SCRIPT], env=environ, capture_output=True, text=True, timeout=120)
 
 
