@@ -23,7 +23,8 @@ QUICK_METHODS = ("vanilla", "guided", "gradcam")
 DEMO_OPTIONS = {"rise": {"num_masks": 500}, "shapley_sampling": {"num_permutations": 4},
                 "kernel_shap": {"num_samples": 200}, "lime": {"num_samples": 200}, "xrai": {"num_steps": 16},
                 "occlusion": {"window": 32, "stride": 16},
-                "guided_ig": {"num_steps": 50}, "blur_ig": {"num_steps": 50}}  # path methods: one gradient a step
+                "guided_ig": {"num_steps": 50}, "blur_ig": {"num_steps": 50},  # path methods: one gradient a step
+                "scorecam": {"layer": "block15"}}  # one forward per channel: 320 channels, not the head's 1280
 # Maps that seed the localisation boxes: the paper's gradient, and SmoothGrad's, whose seeds sit on
 # the object rather than spread over the photo (chelsea: the cat's face instead of its chin).
 LOCALIZE_SEEDS = ("vanilla", "smoothgrad")

@@ -34,3 +34,14 @@ def skimage_images():
     """Real photographs shipped by scikit-image: name -> uint8 [H,W,3]."""
     data = pytest.importorskip("skimage.data")
     return {"chelsea": np.asarray(data.chelsea()), "coffee": np.asarray(data.coffee())}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops JAX's compiled programs after each test module: a full run otherwise holds every
+    module's executables (hundreds of networks) and XLA's compiler crashed late in such runs."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
