@@ -8,6 +8,7 @@ max(g, 0), guided g * 1[x > 0] * 1[g > 0].
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -33,27 +34,31 @@ def check_rule_sites(model, image_shape, *, what: str) -> None:
 _CHECKED: set = set()
 
 
-@register("deconvnet")
-@dataclasses.dataclass(frozen=True)
-class Deconvnet(Method):
-    """The deconvnet reconstruction of the class score (paper Sec. 4)."""
+class RuleMethod(Method):
+    """The class-score gradient with `rule` at every ReLU site; refuses a function without one."""
+
+    rule: ClassVar[str] = "gradient"
+    what: ClassVar[str] = "this rule"
 
     def check(self, model, image_shape):
         super().check(model, image_shape)
-        check_rule_sites(model, image_shape, what="deconvnet")
+        check_rule_sites(model, image_shape, what=self.what)
 
     def explain(self, model, x, target, *, key=None):
-        return class_gradient(backward_rule(logit_fn_of(model), "deconvnet"), x, target)
+        return class_gradient(backward_rule(logit_fn_of(model), self.rule), x, target)
+
+
+@register("deconvnet")
+@dataclasses.dataclass(frozen=True)
+class Deconvnet(RuleMethod):
+    """The deconvnet reconstruction of the class score (paper Sec. 4)."""
+
+    rule, what = "deconvnet", "deconvnet"
 
 
 @register("guided")
 @dataclasses.dataclass(frozen=True)
-class GuidedBackprop(Method):
+class GuidedBackprop(RuleMethod):
     """Guided backprop of the class score."""
 
-    def check(self, model, image_shape):
-        super().check(model, image_shape)
-        check_rule_sites(model, image_shape, what="guided backprop")
-
-    def explain(self, model, x, target, *, key=None):
-        return class_gradient(backward_rule(logit_fn_of(model), "guided"), x, target)
+    rule, what = "guided", "guided backprop"
