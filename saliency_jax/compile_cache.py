@@ -1,9 +1,11 @@
-"""JAX's persistent compilation cache under the library's cache folder: a second run starts warm.
+"""JAX's persistent compilation cache and the stored programs under the library's cache folder: a second run starts warm.
 
 The CLI turns it on by default (`--no-compile-cache` or SALIENCY_JAX_NO_COMPILE_CACHE=1 turn it
 off); library users call `enable_compile_cache()` once, before their first compiled call.
 Compiled programs are keyed by JAX on the program, the jax/jaxlib version and the device, so a
-stale entry is never used; the folder may be deleted at any time.
+stale entry is never used. The same call turns on `program_cache` (exported programs of the zoo
+models' attribution calls, so a new process skips tracing too) in `cache_dir()/programs`.
+Both folders may be deleted at any time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import pathlib
 import jax
 
 from saliency_jax.checkpoints.cache import cache_dir
+from saliency_jax.program_cache import enable_program_cache
 
 ENV_OFF = "SALIENCY_JAX_NO_COMPILE_CACHE"
 
@@ -24,7 +27,8 @@ def compile_cache_dir() -> pathlib.Path:
 
 
 def enable_compile_cache(path=None, *, min_compile_seconds: float = 0.2) -> pathlib.Path | None:
-    """Turns on the persistent compilation cache (in `path`, default `compile_cache_dir()`).
+    """Turns on the persistent compilation cache (in `path`, default `compile_cache_dir()`) and the
+    program cache (in `cache_dir()/programs`, or `path/programs`).
 
     Args:
       path: the folder (created); None for the default.
@@ -43,6 +47,7 @@ def enable_compile_cache(path=None, *, min_compile_seconds: float = 0.2) -> path
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_seconds))
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    enable_program_cache(cache_dir() / "programs" if path is None else folder / "programs")
     return folder
 
 

@@ -22,7 +22,9 @@ import numpy as np
 from saliency_jax.attribution.units import UnitTarget, check_unit_target
 from saliency_jax.batching import map_batches
 from saliency_jax.methods.base import Method, as_method, available_methods, is_model, option_names
+from saliency_jax.models import is_zoo_model
 from saliency_jax.models.inspect import layer_shapes
+from saliency_jax.program_cache import cached_call
 from saliency_jax.targets import check_targets
 from saliency_jax.validate import check_images, optional_positive_int
 
@@ -68,7 +70,11 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
     check_memory(model, method, x.shape[1:], images_per_call)
     targets = _check_targets(method, targets, model, fn, x)
     key = jax.random.key(0) if key is None else key  # unused by deterministic methods; keeps one signature
-    run = functools.partial(attribute_batch, method, fn=fn)
+    if fn is None:  # a zoo model's program is stored when the program cache is on (a new process skips tracing)
+        run = functools.partial(cached_call, attribute_batch, method, name="attribute_batch",
+                                storable=is_zoo_model(model))
+    else:
+        run = functools.partial(attribute_batch, method, fn=fn)
     if batch_size is None:
         return run(model, x, targets, key, per_image)
     leaves, treedef = jax.tree.flatten((targets, per_image))  # a unit target's channel [B], per-image fields

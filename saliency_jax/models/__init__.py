@@ -85,6 +85,14 @@ ZOO["resnet50"] = ZooEntry(
 )
 
 
+def is_zoo_model(model) -> bool:
+    """True for a model of the zoo's own code: a zoo name and that entry's Flax module class (any weights)."""
+    entry = ZOO.get(getattr(model, "name", None))
+    if entry is None:
+        return False
+    return type(model.module) is (entry.module_cls or efficientnet_lite.EfficientNetLite)
+
+
 def available_models() -> list[str]:
     """Names accepted by `load_model`."""
     return sorted(ZOO)
