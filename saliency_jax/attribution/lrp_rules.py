@@ -118,6 +118,31 @@ def _term(layer: Layer, x_in, param_fn, bias_fn=None):
     return z + _bias(layer, bias_fn), lambda d: pull(d)[0]
 
 
+def _apply(layer: Layer, x_in, param_fn):
+    """L(x_in; param_fn(W)), no bias (one modified forward)."""
+    return layer.lin(x_in, _mod(layer.params, param_fn))
+
+
+def _transpose(layer: Layer, param_fn):
+    """d -> L(.; param_fn(W))^T d (one transposed convolution; the VJP's forward value is unused)."""
+    params = _mod(layer.params, param_fn)
+    pull = jax.vjp(lambda v: layer.lin(v, params), layer.x)[1]
+    return lambda d: pull(d)[0]
+
+
+def _plain(layer: Layer):
+    """L(x; W) = y - b, the forward value reused."""
+    return layer.y if layer.bias is None else layer.y - layer.bias
+
+
+def _positive_part(layer: Layer):
+    """W+ x+ + W- x- (every positive contribution). One modified forward: x >= 0 gives W+ x; otherwise
+    (Wx + |W| |x|) / 2, Wx reused (|W| |x| - Wx = -2 (W+ x- + W- x+) >= 0)."""
+    if layer.nonneg:
+        return _apply(layer, layer.x, _pos)
+    return (_plain(layer) + _apply(layer, jnp.abs(layer.x), jnp.abs)) / 2
+
+
 def _same(v):
     return v
 
@@ -128,36 +153,51 @@ def rule_epsilon(layer: Layer, r, eps: float):
     return layer.x * pull(divide(r, layer.y, eps))[0]
 
 
-def _signed_pair(layer: Layer, pos_fn, neg_fn, bias_fn):
-    """(z, share) of x+ through pos_fn(W) (+ bias_fn(b)) plus x- through neg_fn(W): share(d) is the
-    relevance x+ * pullback + x- * pullback of d. The x- term is skipped when x >= 0 is known."""
-    xp = _pos(layer.x)
-    zp, pull_p = _term(layer, xp, pos_fn, bias_fn)
+def _signed_share(layer: Layer, d):
+    """x+ W+^T d + x- W-^T d: one transposed convolution when x >= 0 is known, else two."""
     if layer.nonneg:
-        return zp, lambda d: xp * pull_p(d)
-    xn = _neg(layer.x)
-    zn, pull_n = _term(layer, xn, neg_fn)
-    return zp + zn, lambda d: xp * pull_p(d) + xn * pull_n(d)
+        return layer.x * _transpose(layer, _pos)(d)
+    return _pos(layer.x) * _transpose(layer, _pos)(d) + _neg(layer.x) * _transpose(layer, _neg)(d)
 
 
 def rule_zplus(layer: Layer, r, o: Options):
-    z, share = _signed_pair(layer, _pos, _neg, _pos)
-    return share(divide(r, z, o.stabilizer))
+    """d = R / stab(W+ x+ + W- x- + b+), R_x = x+ W+^T d + x- W-^T d."""
+    d = divide(r, _positive_part(layer) + _bias(layer, _pos), o.stabilizer)
+    return _signed_share(layer, d)
 
 
 def rule_alpha_beta(layer: Layer, r, o: Options):
-    zp, share_p = _signed_pair(layer, _pos, _neg, _pos)
-    zn, share_n = _signed_pair(layer, _neg, _pos, _neg)
-    return o.alpha * share_p(divide(r, zp, o.stabilizer)) - o.beta * share_n(divide(r, zn, o.stabilizer))
+    """alpha z+ share - beta z- share; the negative part W- x+ + W+ x- = Wx - (W+ x+ + W- x-) is reused."""
+    p = _positive_part(layer)
+    dp = o.alpha * divide(r, p + _bias(layer, _pos), o.stabilizer)
+    dn = o.beta * divide(r, _plain(layer) - p + _bias(layer, _neg), o.stabilizer)
+    if layer.nonneg:  # x (alpha W+^T dp - beta W-^T dn)
+        return layer.x * (_transpose(layer, _pos)(dp) - _transpose(layer, _neg)(dn))
+    # x+ (W+^T dp - W-^T dn) + x- (W-^T dp - W+^T dn), with W-^T v = W^T v - W+^T v
+    plain, pos = _transpose(layer, _same), _transpose(layer, _pos)
+    e = pos(dp + dn)
+    return _pos(layer.x) * (e - plain(dn)) + _neg(layer.x) * (plain(dp) - e)
 
 
 def rule_gamma(layer: Layer, r, o: Options):
+    """zennit's generalised gamma, with up = W + gamma W+, down = W + gamma W-:
+    zp = up x+ + down x- + b + gamma b+ = y + gamma (W+ x+ + W- x- + b+),
+    zn = down x+ + up x- + b + gamma b- = y + gamma (Wx - (W+ x+ + W- x-) + b-),
+    dp = [y > 0] R / stab(zp), dn = [y < 0] R / stab(zn),
+    R_x = x+ (up^T dp + down^T dn) + x- (down^T dp + up^T dn).
+    One modified forward (the positive part) and two transposed convolutions."""
     g = o.gamma
-    up, down = (lambda w: w + g * _pos(w)), (lambda w: w + g * _neg(w))
-    zp, share_p = _signed_pair(layer, up, down, up)
-    zn, share_n = _signed_pair(layer, down, up, down)
-    return (share_p((layer.y > 0) * divide(r, zp, o.stabilizer))
-            + share_n((layer.y < 0) * divide(r, zn, o.stabilizer)))
+    p = _positive_part(layer)
+    dp = (layer.y > 0) * divide(r, layer.y + g * (p + _bias(layer, _pos)), o.stabilizer)
+    dn = (layer.y < 0) * divide(r, layer.y + g * (_plain(layer) - p + _bias(layer, _neg)), o.stabilizer)
+    if layer.nonneg:
+        up, down = (lambda w: w + g * _pos(w)), (lambda w: w + g * _neg(w))
+        return layer.x * (_transpose(layer, up)(dp) + _transpose(layer, down)(dn))
+    # up^T dp + down^T dn and down^T dp + up^T dn from their sum (2 + g) W^T (dp + dn) and
+    # their difference g |W|^T (dp - dn)
+    total = (2 + g) * _transpose(layer, _same)(dp + dn)
+    diff = g * _transpose(layer, jnp.abs)(dp - dn)
+    return (_pos(layer.x) * (total + diff) + _neg(layer.x) * (total - diff)) / 2
 
 
 def rule_flat(layer: Layer, r, o: Options):
@@ -179,12 +219,13 @@ def _bound(value, x):
 
 
 def rule_zbox(layer: Layer, r, o: Options):
+    """d = R / stab(y - (W+ l + b+) - (W- h + b-)), R_x = x W^T d - l W+^T d - h W-^T d
+    = (x - h) W^T d + (h - l) W+^T d (W-^T = W^T - W+^T): two transposed convolutions; the bounds'
+    forwards do not depend on the image (computed once per batch under vmap)."""
     low, high = _bound(o.low, layer.x), _bound(o.high, layer.x)
-    z1, p1 = _term(layer, layer.x, _same, _same)
-    z2, p2 = _term(layer, low, _pos, _pos)
-    z3, p3 = _term(layer, high, _neg, _neg)
-    d = divide(r, z1 - z2 - z3, o.stabilizer)
-    return layer.x * p1(d) - low * p2(d) - high * p3(d)
+    z = layer.y - (_apply(layer, low, _pos) + _bias(layer, _pos)) - (_apply(layer, high, _neg) + _bias(layer, _neg))
+    d = divide(r, z, o.stabilizer)
+    return (layer.x - high) * _transpose(layer, _same)(d) + (high - low) * _transpose(layer, _pos)(d)
 
 
 def linear_rule(name: str, layer: Layer, r, o: Options):
