@@ -122,3 +122,8 @@ def test_attribute_on_a_zoo_model_goes_through_the_stored_program(cache, monkeyp
     loaded = np.asarray(run())
     np.testing.assert_allclose(stored, direct, rtol=1e-5, atol=1e-6 * np.abs(direct).max())
     np.testing.assert_array_equal(loaded, stored)
+    monkeypatch.undo()
+    logits = np.asarray(model.logits(x))  # the zoo model's forward is stored too
+    assert len(list(cache.glob("*.jaxexport"))) == 2
+    program_cache.disable_program_cache()
+    np.testing.assert_allclose(logits, np.asarray(model.logits(x)), rtol=1e-5, atol=1e-5)

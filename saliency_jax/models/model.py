@@ -26,6 +26,7 @@ import numpy as np
 
 from saliency_jax import images as _images
 from saliency_jax.batching import map_batches
+from saliency_jax.program_cache import cached_call
 from saliency_jax.validate import check_images
 
 
@@ -77,7 +78,9 @@ class Model:
 
     def logits(self, x) -> jax.Array:
         """Unnormalised class scores: float32 [B,H,W,C] -> [B,K] (jit-compiled)."""
-        return _jit_logits(self, self._check_batch(x))
+        from saliency_jax.models import is_zoo_model  # the package imports this module
+
+        return cached_call(_jit_logits, self, self._check_batch(x), name="logits", storable=is_zoo_model(self))
 
     __call__ = logits
 
