@@ -208,6 +208,9 @@ def test_max_pooling_sends_relevance_to_the_maximum_and_avg_pooling_in_proportio
     np.testing.assert_allclose(r, [[0, 6.0], [0, 0]], rtol=1e-6)
     r, _ = _relevance(lambda v: jnp.mean(v).reshape(1), x, 0, "epsilon", epsilon=0.0)
     np.testing.assert_allclose(r, np.asarray(x) / 4, rtol=1e-6)  # x_i / sum(x) of mean = sum / 4
+    # a mean is one Norm layer (zennit's AvgPool): the stabiliser acts on the mean 1.625, not the sum 6.5
+    r, y = _relevance(lambda v: jnp.mean(v).reshape(1), x, 0, "epsilon", stabilizer=0.5)
+    np.testing.assert_allclose(r, np.asarray(x) / 4 * y[0] / (y[0] + 0.5), rtol=1e-6)
     # an adaptive average pool as two pooling matrices (VGG's einsum over h, then w) is one Norm layer
     from saliency_jax.models.vgg import adaptive_avg_pool
 

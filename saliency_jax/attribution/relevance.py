@@ -13,8 +13,8 @@ computes, not by how the model's code spells it:
                 forms (our im2col stem / depthwise convolution), and a call (e.g. `jnp.einsum`'s
                 jit) whose body is one such layer (or average pools only)
     dense       a dot_general contracting the last axis of a 1-d or 2-d activation
-    avgpool     reduce_sum, reduce_window_sum (average/mean pooling, with the division a
-                "scale"), a dot_general contracting other axes (an adaptive pool as a matrix)
+    avgpool     reduce_sum, reduce_window_sum (average/mean pooling, with its division by the
+                count), a dot_general contracting other axes (an adaptive pool as a matrix)
     sum         add/sub of two activations (residual connections)
     maxpool     reduce_max, reduce_window_max
     activation  an elementwise nonlinearity of one activation (relu = max(x, 0), relu6,
@@ -22,7 +22,8 @@ computes, not by how the model's code spells it:
     scale       mul/div/neg of an activation by a constant (relevance passes)
 
 A conv/dense layer followed at once by an add (or sub) of a constant is one
-affine layer, the constant its bias. Everything else (reshapes, slices,
+affine layer, the constant its bias; an average pool followed at once by a
+scaling (a mean's division by the count) is one pool. Everything else (reshapes, slices,
 padding, concatenation) keeps its true backward pass, which routes relevance
 exactly.
 
@@ -200,14 +201,22 @@ class _Analysis:
                 self.nonneg.update(v for v, n in zip(eqn.outvars, _nonneg_out(eqn, self.nonneg, t)) if n)
 
     def _chain(self, i, eqn, t, pools, uses) -> None:
-        """Marks a pooling matrix applied to another's output (e.g. an einsum over h, then w) as one layer."""
-        if eqn.primitive.name != "dot_general" or self.kinds[i] != "avgpool":
+        """Marks a pooling matrix applied to another's output (e.g. an einsum over h, then w), and a
+        pool's scaling (a mean's or average pool's division by the count), as one layer: zennit's
+        AvgPool rule stabilises the average, not the sum."""
+        name, kind = eqn.primitive.name, self.kinds[i]
+        scaling = kind == "scale" and name in ("mul", "div")
+        if not (scaling or (name == "dot_general" and kind == "avgpool")):
+            if kind == "avgpool" and len(eqn.outvars) == 1:
+                pools[eqn.outvars[0]] = (i, False)
             return
         z = eqn.invars[t.index(True)]
-        if z in pools and uses[z] == 1:
-            self.chain_of[i] = pools[z]
-            self.fused.add(pools[z])
-        pools[eqn.outvars[0]] = i
+        if z in pools and uses[z] == 1 and (scaling or pools[z][1]):
+            self.chain_of[i] = pools[z][0]
+            self.fused.add(pools[z][0])
+            self.kinds[i] = "avgpool"
+        if self.kinds[i] == "avgpool":
+            pools[eqn.outvars[0]] = (i, name == "dot_general")
 
     def _fuse(self, i, eqn, t, producer, uses) -> None:
         """Marks `z + b` / `b + z` / `z - b` (b constant, z a conv/dense output used once) as z's bias."""
