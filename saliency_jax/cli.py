@@ -278,10 +278,14 @@ def run_explain(args) -> int:
     with open_bar(len(x) * len(values), desc="explain") as bar:
         for name, method in zip(args.method, values):
             bar.set_postfix_str(name)
+            # a method with an inner sample axis (its chunk_size) moves the bar per chunk; the others, whose
+            # programs the program cache may store (it cannot store progress callbacks), once per call
+            chunked = hasattr(method, "chunk_size")
             grads = attribute(model, x, targets, method=method, key=jax.random.key(args.seed),
-                              batch_size=min(args.batch_size, len(x)))
+                              batch_size=min(args.batch_size, len(x)), progress=bar.update if chunked else None)
             results[name] = (grads, np.asarray(maps.saliency_map(grads)))
-            bar.update(len(x))
+            if not chunked:
+                bar.update(len(x))
     for i, (path, image) in enumerate(loaded):
         stem = pathlib.Path(path).stem
         target = int(targets[i])

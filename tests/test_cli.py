@@ -120,6 +120,37 @@ def test_explain_writes_heatmaps_overlays_montage_and_npz(model, photos, tmp_pat
     assert "target 285 (Egyptian cat)" in capsys.readouterr().out
 
 
+def test_explain_bar_moves_per_chunk_of_a_sampled_method(model, photos, tmp_path, monkeypatch):
+    from saliency_jax import progress
+
+    class Recorder:  # stands in for the tqdm bar: what the explain loop reports
+        def __init__(self, total, **kw):
+            self.total, self.updates, self.postfix = total, [], []
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.updates.append((self.postfix[-1], n))
+
+        def set_postfix_str(self, s):
+            self.postfix.append(s)
+
+    bars = []
+    monkeypatch.setattr(progress, "open_bar", lambda total, **kw: bars.append(Recorder(total, **kw)) or bars[-1])
+    code = cli.main(["explain", photos["chelsea"], "--method", "smoothgrad,vanilla", "--samples", "33",
+                     "--out", str(tmp_path / "bar")])
+    assert code == 0
+    (bar,) = bars
+    assert bar.total == 2 and bar.postfix == ["smoothgrad", "vanilla"]
+    smooth = [n for name, n in bar.updates if name == "smoothgrad"]
+    assert smooth == pytest.approx([0.5, 0.5])  # 33 samples in 2 chunks of the default chunk size
+    assert [n for name, n in bar.updates if name == "vanilla"] == [1]
+
+
 def test_explain_explicit_target_matches_library(model, photos, tmp_path):
     out = tmp_path / "t"
     assert cli.main(["explain", photos["coffee"], "--target", "504", "--out", str(out), "--save-npz"]) == 0

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import jaxpr_as_fun
 
+from saliency_jax import progress
+
 
 def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
     """sum_{i < num_samples} fn(i), evaluated chunk_size samples at a time.
@@ -35,7 +37,8 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
     offsets = jnp.arange(chunk, dtype=jnp.int32)
     # fn is traced once, here; the scan body evaluates that jaxpr (tracing fn again, as eval_shape
     # and then scan would, doubled the Python tracing time of every sampled method).
-    traced, shapes = jax.make_jaxpr(jax.vmap(fn), return_shape=True)(offsets)
+    with progress.sample_ticks(num_chunks) as tick:  # a tick per chunk only when the trace reports progress
+        traced, shapes = jax.make_jaxpr(jax.vmap(fn), return_shape=True)(offsets)
     chunk_fn = jaxpr_as_fun(traced)
     structure = jax.tree.structure(shapes)
 
@@ -47,7 +50,10 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
         def masked_sum(v):
             return jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0)
 
-        return jax.tree.map(lambda t, v: t + masked_sum(v), total, values), None
+        total = jax.tree.map(lambda t, v: t + masked_sum(v), total, values)
+        if tick is not None:
+            tick(jax.tree.leaves(total)[0].ravel()[0])  # after the chunk's work
+        return total, None
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
     if num_chunks == 1:

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saliency_jax import progress as progress_lib
 from saliency_jax.attribution.units import UnitTarget, check_unit_target
 from saliency_jax.batching import map_batches
 from saliency_jax.methods.base import Method, as_method, available_methods, is_model, option_names
@@ -30,7 +31,7 @@ from saliency_jax.validate import check_images, optional_positive_int
 
 
 def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, baseline=None, batch_size=None,
-              **options):
+              progress=None, **options):
     """Attribution maps for a batch: x [B,H,W,C] -> [B,H,W,C] (gradient-shaped).
 
     Args:
@@ -46,6 +47,10 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
       baseline: the method's baseline (Integrated Gradients), [H,W,C] or per image [B,H,W,C].
       batch_size: if set, x goes through in batches of exactly this size (the
         last one padded: one compilation) and the result is gathered in host memory.
+      progress: True (a tqdm bar over images, moving once per chunk of the inner
+        sample axis), a callable `report(n)` (called with fractions of an image as
+        chunks finish, summing to B), or None / False (nothing: the compiled program
+        has no callback). A separate compilation; the result is the same.
       **options: with a method name, its options (e.g. num_samples, num_steps,
         chunk_size, quadrature, noise_scale, layer). chunk_size defaults to about
         32 images (batch x samples) in flight.
@@ -70,6 +75,8 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
     check_memory(model, method, x.shape[1:], images_per_call)
     targets = _check_targets(method, targets, model, fn, x)
     key = jax.random.key(0) if key is None else key  # unused by deterministic methods; keeps one signature
+    if progress:  # chunk ticks are host callbacks, which jax.export cannot store: never the program cache
+        return _attribute_with_progress(method, model, fn, x, targets, key, per_image, batch_size, progress)
     if fn is None:  # a zoo model's program is stored when the program cache is on (a new process skips tracing)
         run = functools.partial(cached_call, attribute_batch, method, name="attribute_batch",
                                 storable=is_zoo_model(model))
@@ -86,8 +93,26 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
     return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
-def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, fn=None):
+def _attribute_with_progress(method, model, fn, x, targets, key, per_image, batch_size, progress):
+    """`attribute`'s run under `progress` (see there): each call blocks on its result before the next."""
+    run = functools.partial(attribute_batch, method, fn=fn, progress=True)
+    with progress_lib.reporter(progress, len(x), desc=method.label) as report:
+        if batch_size is None:
+            with progress_lib.forwarding(report, len(x)):
+                return jax.block_until_ready(run(model, x, targets, key, per_image))
+        leaves, treedef = jax.tree.flatten((targets, per_image))
+        starts = iter(range(0, len(x), batch_size))
+
+        def run_chunk(xb, *rest):
+            t, p = jax.tree.unflatten(treedef, rest)
+            with progress_lib.forwarding(report, min(batch_size, len(x) - next(starts)), padded=len(xb)):
+                return jax.block_until_ready(run(model, xb, t, key, p))
+
+        return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "progress"))
+def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, fn=None, progress: bool = False):
     """The compiled batch: `method.explain` vmapped over x [B,H,W,C] and targets [B] (a prepared method).
 
     Args:
@@ -98,6 +123,7 @@ def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, f
       key: the one key every image uses.
       per_image: {field: [B,...]} values of the method's `per_image` fields, or None.
       fn: a bare logit function instead of a model (static).
+      progress: trace the outermost sample sums with a chunk tick (`saliency_jax.progress`; static).
     """
     def one(xi, ti, pi):
         m = method.with_values(**pi) if pi else method
@@ -105,7 +131,8 @@ def attribute_batch(method: Method, model, x, targets, key, per_image=None, *, f
             return m.explain(ti.scores(model), xi, ti.channel, key=key)
         return m.explain(model if fn is None else fn, xi, ti, key=key)
 
-    return jax.vmap(one)(x, targets, per_image or {})
+    with progress_lib.reporting_chunks(progress):
+        return jax.vmap(one)(x, targets, per_image or {})
 
 
 MEMORY_FRACTION = 0.8  # of the free memory a call may plan to use
