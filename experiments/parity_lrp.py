@@ -1,10 +1,11 @@
-"""Parity of our LRP / DeepLift with zennit 0.5.1 and Captum 0.9 on a torchvision-layout VGG16.
+"""Parity of our LRP / DeepLift with zennit 0.5.1 and Captum 0.9 on a torchvision-layout VGG16 (and ResNet50).
 
 Run (from the repository root, our venv; the peers run in /work/peers-venv, which
 holds torch 2.13 CPU, captum 0.9 and zennit 0.5.1 installed with --no-deps; this
 script installs nothing and stubs the torchvision import zennit makes):
 
     GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python experiments/parity_lrp.py [--size 64] [--images 2]
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python experiments/parity_lrp.py --resnet50 [--size 112] [--images 2]
 
 The peer side (the same file, run by the peers' python with --peer DIR) builds a
 VGG16 in torchvision's module layout (features.N / classifier.N, non-inplace
@@ -14,6 +15,17 @@ loads that .pth through our checkpoint reader (`load_model("vgg16", weights=...)
 and prints, per method, the largest relative L2 distance over the images. A
 small head (256 hidden units, 10 classes) keeps the file small; the layout is
 torchvision's.
+
+--resnet50: a ResNet50 in torchvision's layout (bias-free convs, BatchNorm with
+random affine maps and calibrated running statistics, 10 classes), loaded by
+our reader (`load_model("resnet50", weights=...)`, BN folded into the convs)
+against zennit's EpsilonPlusFlat and EpsilonGammaBox with its ResNetCanonizer
+(a stub torchvision module hands zennit this file's Bottleneck class). zennit's
+canonizer merges each BN into its conv but keeps the BN module, which then
+computes x / sqrt(1 + eps) (and passes relevance), so its canonized network is
+not the exactly folded one; the "exact" rows rerun zennit on the same function
+with each BN's eps moved into its running variance (eps 0), where its merge is
+exact: what remains there is rounding.
 
 Conventions: zennit's output relevance is given as one-hot times the logits
 (ours); the "epsilon" composite is zennit's LayerMapComposite of its base map
@@ -26,6 +38,7 @@ convs would change the layout, so pools become 2x2 average pools) is also run.
 from __future__ import annotations
 
 import argparse
+import functools
 import pathlib
 import subprocess
 import sys
@@ -39,6 +52,7 @@ CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 HIDDEN, CLASSES = 256, 10
 EPSILON = 0.01  # the "epsilon" composite's epsilon (the named composites keep zennit's defaults)
+RESNET_STAGES = ((3, 64), (4, 128), (6, 256), (3, 512))  # (blocks, bottleneck width)
 
 
 # ---- the peer side (torch, zennit, captum) ------------------------------------------------------
@@ -71,12 +85,66 @@ def _torch_vgg(avg_pool: bool):
     return model.eval()
 
 
-def _zennit_composites(low, high):
-    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))  # zennit imports torchvision's blocks
+@functools.cache
+def _torch_resnet_classes():
+    """(Bottleneck, ResNet50) in torchvision's module layout (names and module order, one shared in-place
+    ReLU per block, bias-free convs, BN eps 1e-5); zennit's ResNetCanonizer finds the blocks by this class."""
+    import torch
+    from torch import nn
+
+    class Bottleneck(nn.Module):
+        expansion = 4
+
+        def __init__(self, cin, width, stride, downsample=None):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+            self.conv3, self.bn3 = nn.Conv2d(width, width * 4, 1, bias=False), nn.BatchNorm2d(width * 4)
+            self.relu = nn.ReLU(inplace=True)
+            self.downsample, self.stride = downsample, stride
+
+        def forward(self, x):
+            identity = x if self.downsample is None else self.downsample(x)
+            out = self.relu(self.bn1(self.conv1(x)))
+            out = self.relu(self.bn2(self.conv2(out)))
+            return self.relu(self.bn3(self.conv3(out)) + identity)
+
+    class ResNet50(nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+            self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            cin = 64
+            for i, (blocks, width) in enumerate(RESNET_STAGES, 1):
+                layers = []
+                for b in range(blocks):
+                    stride = 2 if i > 1 and b == 0 else 1
+                    down = None if b else nn.Sequential(nn.Conv2d(cin, width * 4, 1, stride, bias=False),
+                                                        nn.BatchNorm2d(width * 4))
+                    layers.append(Bottleneck(cin, width, stride, down))
+                    cin = width * 4
+                setattr(self, f"layer{i}", nn.Sequential(*layers))
+            self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, classes)
+
+        def forward(self, x):
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.fc(torch.flatten(self.avgpool(x), 1))
+
+    return Bottleneck, ResNet50
+
+
+def _stub_torchvision() -> None:
+    """zennit imports torchvision's ResNet blocks (for its canonizer); torchvision is not installed."""
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
     for name in ("torchvision.models", "torchvision.models.resnet"):
         sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["torchvision.models.resnet"].Bottleneck = type("Bottleneck", (), {})
+    sys.modules["torchvision.models.resnet"].Bottleneck = _torch_resnet_classes()[0]
     sys.modules["torchvision.models.resnet"].BasicBlock = type("BasicBlock", (), {})
+
+
+def _zennit_composites(low, high):
+    _stub_torchvision()
     from zennit import composites as zc
     from zennit import rules as zr
     from zennit.types import Linear
@@ -152,6 +220,74 @@ def peer_time(out: pathlib.Path, size: int, batch: int, repeats: int = 2) -> Non
     (out / "time.txt").write_text(str(min(times[1:])))
 
 
+def _torch_resnet(state=None):
+    """A torchvision-layout ResNet50 with seeded random weights: kaiming convs, random BN affine maps and
+    running statistics calibrated on random images (so activations stay O(1) through 16 blocks); or `state`."""
+    import torch
+    from torch import nn
+
+    model = _torch_resnet_classes()[1](CLASSES)
+    if state is not None:
+        model.load_state_dict(state)
+        return model.eval()
+    torch.manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.normal_(m.bias, 0, 0.1)
+            m.momentum = None  # running statistics = the calibration batch's
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.normal_(m.bias, 0, 0.05)
+    with torch.no_grad():
+        model.train()(torch.randn(8, 3, 64, 64))
+    return model.eval()
+
+
+def _exact_fold(model):
+    """The same function with each BN's eps moved into its running variance (eps 0): zennit's merged
+    BN then computes x / sqrt(1 + 0) = x, and its canonized network is the exactly folded one."""
+    import torch
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var += m.eps
+            m.eps = 0.0
+    return model
+
+
+def peer_resnet(out: pathlib.Path, size: int, images: int) -> None:
+    """Writes resnet50.pth and peers.npz: zennit's EpsilonPlusFlat and EpsilonGammaBox with its
+    ResNetCanonizer, as shipped ("shipped") and on the eps-in-variance model ("exact"), f64 and f32."""
+    import torch
+
+    _stub_torchvision()
+    from zennit import composites as zc
+    from zennit.torchvision import ResNetCanonizer
+
+    model = _torch_resnet()
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, out / "resnet50.pth")
+    pixels = np.random.default_rng(1).uniform(0, 1, size=(images, 3, size, size))
+    x64 = (pixels - MEAN[:, None, None]) / STD[:, None, None]
+    low, high = (0 - MEAN) / STD, (1 - MEAN) / STD
+    maps = {}
+    for dtype, tag in ((torch.float64, "f64"), (torch.float32, "f32")):
+        x = torch.as_tensor(x64, dtype=dtype)
+        targets = _torch_resnet(state).to(dtype)(x).argmax(1).numpy()
+        for variant in ("shipped", "exact"):
+            lo, hi = (torch.as_tensor(v, dtype=dtype).view(1, 3, 1, 1) for v in (low, high))
+            comps = {"epsilon_plus_flat": zc.EpsilonPlusFlat(canonizers=[ResNetCanonizer()]),
+                     "epsilon_gamma_box": zc.EpsilonGammaBox(low=lo, high=hi, canonizers=[ResNetCanonizer()])}
+            for name, composite in comps.items():
+                m = _torch_resnet(state).to(dtype)
+                m = _exact_fold(m) if variant == "exact" else m
+                maps[f"{name}_{variant}_{tag}"] = _zennit_maps(m, x.clone(), targets, composite)
+    np.savez(out / "peers.npz", x=x64.transpose(0, 2, 3, 1), targets=targets, low=low, high=high, **maps)
+
+
 # ---- our side ------------------------------------------------------------------------------------
 def ours(out: pathlib.Path, avg_pool: bool) -> dict:
     import jax
@@ -176,12 +312,39 @@ def ours(out: pathlib.Path, avg_pool: bool) -> dict:
                   "deeplift_shap": methods.DeepLiftShap(baselines=jnp.asarray(peers["baselines"], dtype))}
         for name, value in values.items():
             mine = np.asarray(saliency_jax.attribute(model, x, targets, method=value), np.float64)
-            theirs = peers[f"{name}_{tag}"].astype(np.float64)
-            err = np.linalg.norm((mine - theirs).reshape(len(x), -1), axis=1)
-            rows[(name, tag)] = float(np.max(err / np.maximum(np.linalg.norm(theirs.reshape(len(x), -1), axis=1),
-                                                              1e-300)))
+            rows[(name, tag)] = float(np.max(_relative_l2(mine, peers[f"{name}_{tag}"])))
     jax.config.update("jax_enable_x64", False)
     return rows
+
+
+def ours_resnet(out: pathlib.Path) -> dict:
+    """{(composite, zennit variant, dtype): relative L2 per image} of our LRP on the same ResNet50 .pth."""
+    import jax
+    import jax.numpy as jnp
+
+    import saliency_jax
+    from saliency_jax import methods
+
+    peers = np.load(out / "peers.npz")
+    rows = {}
+    for dtype, tag in ((jnp.float64, "f64"), (jnp.float32, "f32")):
+        jax.config.update("jax_enable_x64", dtype == jnp.float64)
+        model = saliency_jax.load_model("resnet50", weights=out / "resnet50.pth", use_cache=False, dtype=dtype)
+        x, targets = jnp.asarray(peers["x"], dtype), jnp.asarray(peers["targets"], jnp.int32)
+        values = {"epsilon_plus_flat": methods.LRP(composite="epsilon_plus_flat"),
+                  "epsilon_gamma_box": methods.LRP(composite="epsilon_gamma_box", low=peers["low"], high=peers["high"])}
+        for name, value in values.items():
+            mine = np.asarray(saliency_jax.attribute(model, x, targets, method=value), np.float64)
+            for variant in ("shipped", "exact"):
+                rows[(name, variant, tag)] = _relative_l2(mine, peers[f"{name}_{variant}_{tag}"])
+    jax.config.update("jax_enable_x64", False)
+    return rows
+
+
+def _relative_l2(mine, theirs) -> np.ndarray:
+    """||mine - theirs|| / ||theirs|| per image."""
+    mine, theirs = (np.asarray(v, np.float64).reshape(len(v), -1) for v in (mine, theirs))
+    return np.linalg.norm(mine - theirs, axis=1) / np.maximum(np.linalg.norm(theirs, axis=1), 1e-300)
 
 
 def _with_avg_pools(model):
@@ -207,13 +370,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2)
     parser.add_argument("--no-maxpool", action="store_true")
+    parser.add_argument("--resnet50", action="store_true", help="ResNet50 with zennit's ResNetCanonizer instead")
     parser.add_argument("--peer", type=pathlib.Path, help=argparse.SUPPRESS)
     parser.add_argument("--peer-time", type=pathlib.Path, help=argparse.SUPPRESS)  # for bench_lrp.py --vs-zennit
     args = parser.parse_args()
     if args.peer_time:
         return peer_time(args.peer_time, args.size, args.images)
     if args.peer:
+        if args.resnet50:
+            return peer_resnet(args.peer, args.size, args.images)
         return peer(args.peer, args.size, args.images, args.no_maxpool)
+    if args.resnet50:
+        return main_resnet(args.size, args.images)
     with tempfile.TemporaryDirectory() as tmp:
         command = [PEERS_PYTHON, __file__, "--peer", tmp, "--size", str(args.size), "--images", str(args.images)]
         subprocess.run(command + (["--no-maxpool"] if args.no_maxpool else []), check=True)
@@ -223,6 +391,21 @@ def main() -> None:
     print("| method | float64 | float32 |\n|---|---|---|")
     for name in dict.fromkeys(n for n, _ in rows):
         print(f"| {name} | {rows[(name, 'f64')]:.2e} | {rows[(name, 'f32')]:.2e} |")
+
+
+def main_resnet(size: int, images: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [PEERS_PYTHON, __file__, "--peer", tmp, "--size", str(size), "--images", str(images), "--resnet50"]
+        subprocess.run(command, check=True)
+        rows = ours_resnet(pathlib.Path(tmp))
+    print(f"ResNet50 (torchvision layout, random weights, {images} images {size}x{size}), zennit with its "
+          "ResNetCanonizer: relative L2 per image\n(shipped: zennit's merged BN still computes x / sqrt(1 + eps); "
+          "exact: the same network with each BN's eps moved into its running variance)")
+    print("| composite | zennit | float64 | float32 |\n|---|---|---|---|")
+    for (name, variant, tag), err in rows.items():
+        if tag == "f64":
+            per_image = (" ".join(f"{e:.1e}" for e in rows[(name, variant, t)]) for t in ("f64", "f32"))
+            print(f"| {name} | {variant} | {' | '.join(per_image)} |")
 
 
 if __name__ == "__main__":
