@@ -23,11 +23,15 @@ def model(image):
     return jnp.tanh(jnp.einsum("khwc,hwc->k", WEIGHTS, image))
 
 
-# occlusion: 4 x 5 window positions in chunks of 4 -> 5 chunks; smoothgrad: 8 samples in chunks of 2 -> 4
-CHUNKED = [(methods.Occlusion(window=3, stride=1, chunk_size=4), 5), (methods.SmoothGrad(num_samples=8, chunk_size=2), 4)]
+# occlusion: 4 x 5 window positions in chunks of 4 -> 5 chunks; smoothgrad: 8 samples in chunks of 2 -> 4;
+# kernel_shap: 14 coalitions of 4 cells in chunks of 5 -> 3 (its Gram matrix, the first term of its sum,
+# does not depend on the image: the tick must still come once per image)
+CHUNKED = [(methods.Occlusion(window=3, stride=1, chunk_size=4), 5),
+           (methods.SmoothGrad(num_samples=8, chunk_size=2), 4),
+           (methods.KernelSHAP(num_segments=4, num_samples=20, chunk_size=5), 3)]
 
 
-@pytest.mark.parametrize("method,chunks", CHUNKED, ids=["occlusion", "smoothgrad"])
+@pytest.mark.parametrize("method,chunks", CHUNKED, ids=["occlusion", "smoothgrad", "kernel_shap"])
 def test_a_callable_receives_one_tick_per_chunk_and_image_summing_to_the_images(method, chunks):
     ticks = []
     out = saliency_jax.attribute(model, X, 0, method=method, key=KEY, progress=ticks.append)

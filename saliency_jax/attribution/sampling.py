@@ -51,8 +51,8 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
             return jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0)
 
         total = jax.tree.map(lambda t, v: t + masked_sum(v), total, values)
-        if tick is not None:
-            tick(jax.tree.leaves(total)[0].ravel()[0])  # after the chunk's work
+        if tick is not None:  # after the chunk's work; batched (once per image) if any part of the sum is
+            tick([jnp.ravel(t)[0] for t in jax.tree.leaves(total) if t.size])
         return total, None
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
