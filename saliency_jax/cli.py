@@ -278,9 +278,9 @@ def run_explain(args) -> int:
     with open_bar(len(x) * len(values), desc="explain") as bar:
         for name, method in zip(args.method, values):
             bar.set_postfix_str(name)
-            # a method with an inner sample axis (its chunk_size) moves the bar per chunk; the others, whose
-            # programs the program cache may store (it cannot store progress callbacks), once per call
-            chunked = hasattr(method, "chunk_size")
+            # a long-running method (hundreds of passes per image) moves the bar per chunk; the others,
+            # whose programs the program cache may store (it cannot store progress callbacks), once per call
+            chunked = method.long_running
             grads = attribute(model, x, targets, method=method, key=jax.random.key(args.seed),
                               batch_size=min(args.batch_size, len(x)), progress=bar.update if chunked else None)
             results[name] = (grads, np.asarray(maps.saliency_map(grads)))

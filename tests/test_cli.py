@@ -120,7 +120,7 @@ def test_explain_writes_heatmaps_overlays_montage_and_npz(model, photos, tmp_pat
     assert "target 285 (Egyptian cat)" in capsys.readouterr().out
 
 
-def test_explain_bar_moves_per_chunk_of_a_sampled_method(model, photos, tmp_path, monkeypatch):
+def test_explain_bar_moves_per_chunk_of_a_long_running_method(model, photos, tmp_path, monkeypatch):
     from saliency_jax import progress
 
     class Recorder:  # stands in for the tqdm bar: what the explain loop reports
@@ -141,14 +141,15 @@ def test_explain_bar_moves_per_chunk_of_a_sampled_method(model, photos, tmp_path
 
     bars = []
     monkeypatch.setattr(progress, "open_bar", lambda total, **kw: bars.append(Recorder(total, **kw)) or bars[-1])
-    code = cli.main(["explain", photos["chelsea"], "--method", "smoothgrad,vanilla", "--samples", "33",
-                     "--out", str(tmp_path / "bar")])
+    code = cli.main(["explain", photos["chelsea"], "--method", "rise,smoothgrad,vanilla", "--masks", "40",
+                     "--samples", "33", "--out", str(tmp_path / "bar")])
     assert code == 0
     (bar,) = bars
-    assert bar.total == 2 and bar.postfix == ["smoothgrad", "vanilla"]
-    smooth = [n for name, n in bar.updates if name == "smoothgrad"]
-    assert smooth == pytest.approx([0.5, 0.5])  # 33 samples in 2 chunks of the default chunk size
-    assert [n for name, n in bar.updates if name == "vanilla"] == [1]
+    assert bar.total == 3 and bar.postfix == ["rise", "smoothgrad", "vanilla"]
+    rise = [n for name, n in bar.updates if name == "rise"]
+    assert rise == pytest.approx([0.5, 0.5])  # 40 masks in 2 chunks of the default chunk size
+    # short calls (33 samples, one gradient) move once, and keep the program cache
+    assert [n for name, n in bar.updates if name != "rise"] == [1, 1]
 
 
 def test_explain_explicit_target_matches_library(model, photos, tmp_path):

@@ -99,3 +99,12 @@ def test_progress_never_goes_through_the_program_cache(tmp_path, monkeypatch):
         np.testing.assert_allclose(shown, stored, rtol=1e-5, atol=1e-6)
     finally:
         program_cache.disable_program_cache()
+
+
+def test_long_running_methods_are_the_many_pass_families_and_large_sample_counts():
+    from saliency_jax import methods
+
+    assert not methods.get("vanilla").long_running and not methods.get("smoothgrad").long_running
+    assert methods.get("smoothgrad", num_samples=100).long_running and methods.get("ig", num_steps=500).long_running
+    assert all(methods.get(name).long_running for name in ("occlusion", "rise", "kernel_shap", "lime", "scorecam",
+                                                           "ablationcam", "feature_ablation", "shapley_sampling"))

@@ -28,6 +28,7 @@ import jax
 from saliency_jax.attribution.sampling import default_chunk
 
 LogitFn = Callable[[jax.Array], jax.Array]
+LONG_RUN_SAMPLES = 100  # inner samples per image from which a sampled method counts as long running
 
 
 class Method:
@@ -41,12 +42,15 @@ class Method:
       inner: the field holding the inner sample count whose chunk size
         `prepare` fills in (with a `chunk_size` field), or None.
       deprecated: {old option name: new name}, accepted by `get` with a warning.
+      many_passes: True when the method takes hundreds of model passes per image at
+        its defaults (the perturbation family, Score-/Ablation-CAM); see `long_running`.
     """
 
     traced: ClassVar[tuple[str, ...]] = ()
     per_image: ClassVar[tuple[str, ...]] = ()
     inner: ClassVar[str | None] = None
     deprecated: ClassVar[dict[str, str]] = {}
+    many_passes: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -65,6 +69,13 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} must implement explain(model, x, target, *, key=None)")
 
     # ---- what it may refine ----------------------------------------------------------
+    @property
+    def long_running(self) -> bool:
+        """Whether a call is long enough to show progress per chunk (`many_passes`, or an inner
+        sample count of at least LONG_RUN_SAMPLES); the CLI's explain bar then moves per chunk,
+        and that call bypasses the program cache (its progress callbacks cannot be stored)."""
+        return self.many_passes or (self.inner is not None and getattr(self, self.inner) >= LONG_RUN_SAMPLES)
+
     @property
     def needs_key(self) -> bool:
         """True for random methods (`attribute` then requires a key)."""

@@ -97,6 +97,8 @@ class Perturbation(Method):
         images (batch x chunk) in flight.
     """
 
+    many_passes = True  # hundreds of forward passes per image (a class attribute, not a field)
+
     baseline: object = 0.0
     blur_sigma: float | None = None
     score: str = "logit"

@@ -104,6 +104,8 @@ def activations_and_target(model, x, target, layer: str):
 class ChannelScoreCAM(CAMMethod):
     """A CAM whose K channel weights take one forward pass each, `chunk_size` channels at a time."""
 
+    many_passes = True  # one forward pass per channel (a class attribute, not a field)
+
     chunk_size: int | None = None
 
     def __post_init__(self):
