@@ -9,6 +9,7 @@ The contract shared by every method is the logit function
 """
 
 from saliency_jax import methods
+from saliency_jax.compile_cache import enable_compile_cache
 from saliency_jax.attribution import UnitTarget, deconvnet, guided_backprop, project_activation, unit
 from saliency_jax.features import feature_figure, top_activations
 from saliency_jax.images import ImageError, bundled_images, load_image
@@ -32,6 +33,7 @@ __all__ = [
     "attribute",
     "available_methods",
     "deconvnet",
+    "enable_compile_cache",
     "guided_backprop",
     "saliency_map",
     "Model",
