@@ -85,7 +85,8 @@ def main() -> None:
     model = saliency_jax.load_model(args.model)
     table = rates(model, args.methods.split(","), args.batch, args.repeats)
     base = table.get("vanilla")
-    print(f"\n{args.model}, batch {args.batch}, CPU ({jax.device_count()} device)\n| method | img/s | cost vs vanilla |")
+    print(f"\n{args.model}, batch {args.batch}, CPU ({jax.device_count()} device)")
+    print("| method | img/s | cost vs vanilla |")
     print("|---|---|---|")
     for spec, rate in table.items():
         print(f"| {spec} | {rate:.2f} | {base / rate:.2f}x |" if base else f"| {spec} | {rate:.2f} | - |")
