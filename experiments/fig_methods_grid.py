@@ -12,21 +12,29 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import jax
 import numpy as np
 
 import saliency_jax
 from PIL import Image
+from tqdm import tqdm
 
 from saliency_jax import render
 
 METHODS = ("vanilla", "deconvnet", "guided", "smoothgrad", "ig", "guided_ig", "blur_ig", "expected_gradients",
-           "gradcam", "guided_gradcam", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam", "eigencam",
-           "scorecam", "ablationcam")
+           "lrp", "deeplift", "gradcam", "guided_gradcam", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam",
+           "eigencam", "scorecam", "ablationcam", "occlusion", "rise", "kernel_shap", "lime", "xrai")
 OPTIONS = {"smoothgrad": {"num_samples": 25}, "ig": {"num_steps": 50}, "guided_ig": {"num_steps": 100},
-           "blur_ig": {"num_steps": 50}, "expected_gradients": {"num_samples": 25}}
-
+           "blur_ig": {"num_steps": 50}, "expected_gradients": {"num_samples": 25},
+           "occlusion": {"window": 16, "stride": 8}, "rise": {"num_masks": 2000},
+           "kernel_shap": {"num_segments": 49, "num_samples": 1000}, "lime": {"num_segments": 49, "num_samples": 1000},
+           "xrai": {"num_steps": 50}}
+QUICK = {"smoothgrad": {"num_samples": 4}, "ig": {"num_steps": 4}, "guided_ig": {"num_steps": 4},
+         "blur_ig": {"num_steps": 4}, "expected_gradients": {"num_samples": 4}, "occlusion": {"window": 56, "stride": 56},
+         "rise": {"num_masks": 32}, "kernel_shap": {"num_segments": 16, "num_samples": 64},
+         "lime": {"num_segments": 16, "num_samples": 64}, "xrai": {"num_steps": 4}}
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -43,10 +51,11 @@ def main():
     targets = np.array([p[0] for p in preds], np.int32)
     key = jax.random.key(0)
     columns = {}
-    for method in METHODS:
-        opts = {k: (4 if args.quick else v) for k, v in OPTIONS.get(method, {}).items()}
-        grads = saliency_jax.attribute(model, x, targets, method=method, key=key, **opts)
-        columns[method] = np.asarray(saliency_jax.saliency_map(grads))
+    for method in tqdm(METHODS, desc="methods", file=sys.stderr):
+        opts = (QUICK if args.quick else OPTIONS).get(method, {})
+        value = saliency_jax.methods.get(method, **opts)
+        grads = saliency_jax.attribute(model, x, targets, method=value, key=key)
+        columns[method] = np.asarray(saliency_jax.saliency_map(grads, relative=value.display_relative))
     size = (args.tile, args.tile)
     tiles, labels = [], []
     for i, (photo, (_, label, prob)) in enumerate(zip(photos, preds)):

@@ -283,7 +283,7 @@ def run_explain(args) -> int:
             chunked = method.long_running
             grads = attribute(model, x, targets, method=method, key=jax.random.key(args.seed),
                               batch_size=min(args.batch_size, len(x)), progress=bar.update if chunked else None)
-            results[name] = (grads, np.asarray(maps.saliency_map(grads)))
+            results[name] = (grads, np.asarray(maps.saliency_map(grads, relative=method.display_relative)))
             if not chunked:
                 bar.update(len(x))
     for i, (path, image) in enumerate(loaded):

@@ -95,7 +95,7 @@ def _saliency_maps(model, names, photos, targets, methods, out: pathlib.Path, *,
         opts = {"num_samples": 4, "num_steps": 8} if quick else DEMO_OPTIONS.get(method, {})
         value = get(method, **{k: v for k, v in opts.items() if k in option_names(method)})
         grads = attribute(model, x, targets, method=value, key=jax.random.key(0))
-        sal[method] = np.asarray(maps.saliency_map(grads))
+        sal[method] = np.asarray(maps.saliency_map(grads, relative=value.display_relative))
         for name, photo, s in zip(names, photos, sal[method]):
             render.save_png(out / f"{name}_{method}.png", render.colorize(s, size=photo.shape[:2]))
             render.save_png(out / f"{name}_{method}_overlay.png", render.overlay(photo, s))

@@ -180,6 +180,7 @@ def saliency_map(
     reduce: str = "max_abs",
     normalize: bool = True,
     clip_percentile: float | None = 99.0,
+    relative: bool = False,
 ) -> jax.Array:
     """Gradients to the saliency map users look at: reduce channels, then normalise.
 
@@ -190,6 +191,9 @@ def saliency_map(
       normalize: scale each map on its own (``normalize`` in this module);
         ``False`` returns the raw reduced map.
       clip_percentile: upper percentile that maps to 1 (``None``: the max).
+      relative: subtract each reduced map's minimum before scaling (PAIR's
+        ``VisualizeImageGrayscale`` convention), for maps with a floor such as
+        RISE's expected score (``Method.display_relative``); unsigned reductions only.
 
     Returns:
       ``[H,W]`` or ``[B,H,W]``: in [0, 1], or in [-1, 1] for the signed
@@ -206,7 +210,11 @@ def saliency_map(
             f"saliency_map: expected gradients [H,W,C] or [B,H,W,C], got shape {tuple(shape)}"
         )
     q = _check_percentile(clip_percentile)
+    if relative and reduce in SIGNED_REDUCTIONS:
+        raise ValueError(f"saliency_map: relative=True needs an unsigned reduction, not {reduce!r}")
     maps = reduce_channels(grads, reduce=reduce)
+    if relative:
+        maps = maps - jnp.min(maps, axis=(-2, -1), keepdims=True)
     if not normalize:
         return maps
     if 0 in maps.shape[-2:]:

@@ -172,3 +172,14 @@ def test_bad_inputs_have_clear_messages():
         maps.normalize(np.ones(5))
     with pytest.raises(ValueError, match="expected real values"):
         maps.reduce_channels(np.ones((2, 2, 3), np.complex64))
+
+
+def test_relative_saliency_map_subtracts_each_maps_floor():
+    floor = np.array([[[5.0], [6.0]], [[7.0], [5.0]]], np.float32)  # [2,2,1]: a map with a floor of 5
+    out = maps.saliency_map(np.stack([floor, 2 * floor]), clip_percentile=None, relative=True)
+    np.testing.assert_allclose(out, np.array([[[0, 0.5], [1, 0]]] * 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="relative=True needs an unsigned reduction"):
+        maps.saliency_map(floor, reduce="sum", relative=True)
+    from saliency_jax import methods
+
+    assert methods.get("rise").display_relative and not methods.get("occlusion").display_relative

@@ -44,6 +44,9 @@ class Method:
       deprecated: {old option name: new name}, accepted by `get` with a warning.
       many_passes: True when the method takes hundreds of model passes per image at
         its defaults (the perturbation family, Score-/Ablation-CAM); see `long_running`.
+      display_relative: True when the map has a floor that carries no information
+        (RISE: every pixel is kept in a p_keep share of the masks, so the map is
+        the mean score plus the signal): shown with `saliency_map(relative=True)`.
     """
 
     traced: ClassVar[tuple[str, ...]] = ()
@@ -51,6 +54,7 @@ class Method:
     inner: ClassVar[str | None] = None
     deprecated: ClassVar[dict[str, str]] = {}
     many_passes: ClassVar[bool] = False
+    display_relative: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -55,6 +55,7 @@ class RISE(Perturbation):
     score: str = "probability"
 
     traced = ("baseline", "p_keep")
+    display_relative = True  # the map's floor is about the mean masked score (a class attribute)
 
     def __post_init__(self):
         super().__post_init__()
