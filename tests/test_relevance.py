@@ -259,6 +259,50 @@ def test_a_jitted_layer_and_its_bias_are_one_layer():
         jax.config.update("jax_enable_x64", False)
 
 
+def _compiled_convolutions(fn, x) -> int:
+    """Convolutions XLA keeps in the compiled relevance pass of fn at x (unused VJP forwards removed)."""
+    def relevance(v):
+        y, pull = jax.vjp(fn, v)
+        return pull(y)[0]
+
+    return jax.jit(relevance).lower(x).compile().as_text().count(" convolution(")
+
+
+def test_gamma_skips_its_negative_output_term_only_where_a_relu_zeroes_that_relevance():
+    """zennit's gamma has a [y < 0] term; where y feeds only a ReLU whose relevance is proportional to
+    its value (the next layer's rule), that term is zero and skipped: one transposed convolution for
+    a non-negative input instead of two. A ReLU output that is the function's output keeps the term."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(7)
+        k1, k2, x = rng.normal(size=(3, 3, 2, 3)), rng.normal(size=(3, 3, 3, 3)), rng.normal(size=(5, 5, 2))
+        conv = lambda v, k: jax.lax.conv_general_dilated(  # noqa: E731
+            v[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
+        f = lambda v: jnp.mean(jax.nn.relu(conv(jax.nn.relu(conv(v, k1)), k2)), axis=(0, 1))  # noqa: E731
+        gamma = lrp(f, {"conv": "gamma"}, gamma=0.3)
+        # conv1 (signed input): 1 modified forward + 2 transposed; conv2 (x >= 0, ReLU'd output): 1 + 1
+        assert _compiled_convolutions(gamma, jnp.asarray(x)) == 2 + 3 + 2
+        # the same values as the full rule: the hand computation with both terms
+        m1, _ = _conv_matrix(k1)
+        m2, _ = _conv_matrix(k2)
+        h1 = np.maximum(x.reshape(-1) @ m1, 0)
+        h2 = np.maximum(h1 @ m2, 0)
+        r_out = np.asarray(f(jnp.asarray(x)))
+        r_h2 = h2 * np.tile(r_out / _stab(r_out, 1e-6) / 25, 25)  # the mean's Norm rule, all 3 outputs seeded
+        o = dict(OPTS, gamma=0.3)
+        expected = np_rule("gamma", x.reshape(-1), m1, 0 * m1[0], np_rule("gamma", h1, m2, 0 * m2[0], r_h2, o), o)
+        r = np.asarray(jax.vjp(gamma, jnp.asarray(x))[1](jnp.asarray(r_out))[0])
+        np.testing.assert_allclose(r.reshape(-1), expected, rtol=1e-9, atol=1e-12)
+        # a ReLU'd conv output returned as it is: relevance there is whatever the caller seeds
+        g = lambda v: jax.nn.relu(conv(v, k1)).reshape(-1)  # noqa: E731
+        seed = jnp.ones(75)
+        r = np.asarray(jax.vjp(lrp(g, {"conv": "gamma"}, gamma=0.3), jnp.asarray(x))[1](seed)[0])
+        np.testing.assert_allclose(r.reshape(-1), np_rule("gamma", x.reshape(-1), m1, 0 * m1[0], np.ones(75), o),
+                                   rtol=1e-9, atol=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
 def test_deeplift_multipliers_by_hand():
     w1, w2 = jnp.array([[1.0, -1.0], [2.0, 1.0]]), jnp.array([1.0, 1.0])
     f = lambda v: (jax.nn.relu(v @ w1 - 0.5) @ w2).reshape(1)  # noqa: E731

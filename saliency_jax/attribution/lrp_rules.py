@@ -79,6 +79,7 @@ class Layer(NamedTuple):
     bias: Any
     y: jax.Array
     nonneg: bool = False  # x is statically >= 0 (after a ReLU): the rules skip their x- terms (all zero)
+    relu_out: bool = False  # R is statically 0 where y < 0 (y feeds only a ReLU, see `relevance`): gamma skips [y < 0]
 
 
 def stabilize(z, eps: float):
@@ -185,14 +186,19 @@ def rule_gamma(layer: Layer, r, o: Options):
     zn = down x+ + up x- + b + gamma b- = y + gamma (Wx - (W+ x+ + W- x-) + b-),
     dp = [y > 0] R / stab(zp), dn = [y < 0] R / stab(zn),
     R_x = x+ (up^T dp + down^T dn) + x- (down^T dp + up^T dn).
-    One modified forward (the positive part) and two transposed convolutions."""
+    One modified forward (the positive part) and two transposed convolutions (one when x >= 0 and
+    R = 0 where y < 0 are known)."""
     g = o.gamma
     p = _positive_part(layer)
     dp = (layer.y > 0) * divide(r, layer.y + g * (p + _bias(layer, _pos)), o.stabilizer)
-    dn = (layer.y < 0) * divide(r, layer.y + g * (_plain(layer) - p + _bias(layer, _neg)), o.stabilizer)
+    if layer.relu_out:  # dn is all zeros: with x >= 0 one transposed convolution, up^T dp
+        dn = 0
+    else:
+        dn = (layer.y < 0) * divide(r, layer.y + g * (_plain(layer) - p + _bias(layer, _neg)), o.stabilizer)
     if layer.nonneg:
         up, down = (lambda w: w + g * _pos(w)), (lambda w: w + g * _neg(w))
-        return layer.x * (_transpose(layer, up)(dp) + _transpose(layer, down)(dn))
+        share = _transpose(layer, up)(dp)
+        return layer.x * (share if layer.relu_out else share + _transpose(layer, down)(dn))
     # up^T dp + down^T dn and down^T dp + up^T dn from their sum (2 + g) W^T (dp + dn) and
     # their difference g |W|^T (dp - dn)
     total = (2 + g) * _transpose(layer, _same)(dp + dn)

@@ -230,6 +230,76 @@ class _Analysis:
             self.fused.add(producer[z])
 
 
+# Operations that route relevance to where their operand's values go (data movement, max pools).
+_ROUTES = frozenset({"reshape", "transpose", "broadcast_in_dim", "squeeze", "expand_dims", "slice", "rev", "copy",
+                     "convert_element_type", "concatenate", "pad", "dynamic_slice", "reduce_window_max", "reduce_max"})
+# Rules whose input relevance is x * (...), so 0 wherever the layer's input is 0.
+_PROPORTIONAL = frozenset({"zero", "epsilon", "norm", "zplus", "alpha_beta", "gamma"})
+
+
+def _literal(atom, test) -> bool:
+    return isinstance(atom, jex.Literal) and bool(np.all(test(np.asarray(atom.val))))
+
+
+def _is_relu(eqn) -> bool:
+    """max(x, 0) or min(max(x, 0), c >= 0) (relu, relu6), possibly inside custom_jvp/jit wrappers."""
+    eqns = [eqn]
+    while len(eqns) == 1 and inline_body(eqns[0]) is not None:
+        eqns = inline_body(eqns[0])[0].eqns
+    if not eqns or eqns[0].primitive.name != "max" or not any(_literal(v, lambda a: a == 0) for v in eqns[0].invars):
+        return False
+    if len(eqns) == 1:
+        return True
+    low = eqns[1]
+    return (len(eqns) == 2 and low.primitive.name == "min" and eqns[0].outvars[0] in low.invars
+            and any(_literal(v, lambda a: a >= 0) for v in low.invars))
+
+
+class _ReluOutputs:
+    """Which layer outputs y of a jaxpr get relevance 0 wherever y < 0, whatever the input: y reaches
+    only ReLUs (through data movement), whose outputs reach, through data movement and max pools only,
+    layers whose rule is proportional to their input (`_PROPORTIONAL`), so relevance vanishes where
+    they are 0. (Not when a ReLU's output is the function's: the caller seeds that relevance.)"""
+
+    def __init__(self, jaxpr: jex.Jaxpr, analysis: _Analysis, mapping: Mapping[str, str]):
+        self.jaxpr, self.a, self.mapping = jaxpr, analysis, mapping
+        self.uses = collections.defaultdict(list)
+        for k, eqn in enumerate(jaxpr.eqns):
+            for v in eqn.invars:
+                if _is_var(v):
+                    self.uses[v].append(k)
+        self.outs = {v for v in jaxpr.outvars if _is_var(v)}
+
+    def __call__(self, y, kind: str) -> bool:
+        """Relevance at `y` (a `kind` layer's output) vanishes where y < 0: each use is a ReLU, or moves
+        values (a reshape, a max pool, ...) to such uses."""
+        if y in self.outs or not self.uses[y]:
+            return False
+        for k in self.uses[y]:
+            eqn = self.jaxpr.eqns[k]
+            if _is_relu(eqn):
+                if not self._vanishes(eqn.outvars[0], {kind}):
+                    return False
+            elif not (eqn.primitive.name in _ROUTES and all(self(out, kind) for out in eqn.outvars)):
+                return False
+        return True
+
+    def _vanishes(self, v, seen) -> bool:
+        if v in self.outs:
+            return False
+        for k in self.uses[v]:
+            eqn, kind = self.jaxpr.eqns[k], self.a.kinds.get(k)
+            if kind in ("conv", "dense", "avgpool", "sum"):
+                if lrp_rules.rule_for(self.mapping, kind, str(eqn.source_info.name_stack), seen) not in _PROPORTIONAL:
+                    return False
+            elif eqn.primitive.name in _ROUTES or kind == "maxpool":
+                if not all(self._vanishes(out, seen) for out in eqn.outvars):
+                    return False
+            else:
+                return False
+        return True
+
+
 def sites(jaxpr: jex.Jaxpr, consts, tainted: Sequence[bool]) -> list[tuple[str, str]]:
     """(kind, scope name) of every layer the transforms rewrite, in program order (nested calls included)."""
     a, out = _Analysis(jaxpr, tainted), []
@@ -292,8 +362,9 @@ def _compose(inner, outer):
     return (lambda v, ps: lin_b(lin_a(v, ps[:n]), ps[n:])), x, [*pa, *pb], nonneg
 
 
-def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
-    """The linear piece (lin, x, params, nonneg) + bias, with `rule` as its backward pass."""
+def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options, relu_out: bool = False):
+    """The linear piece (lin, x, params, nonneg) + bias, with `rule` as its backward pass (relu_out: see
+    `lrp_rules.Layer`)."""
     lin, x0, params, nonneg = piece
     n = len(params)
 
@@ -309,7 +380,7 @@ def _linear_layer(piece, bias, rule: str, options: lrp_rules.Options):
     def bwd(res, r):
         x, rest, y = res
         b = None if bias is None else rest[n]
-        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], b, y, nonneg), r, options)
+        rx = lrp_rules.linear_rule(rule, lrp_rules.Layer(lin, x, rest[:n], b, y, nonneg, relu_out), r, options)
         return (rx.astype(x.dtype), *[None] * len(rest))
 
     layer.defvjp(fwd, bwd)
@@ -363,6 +434,7 @@ class _LRP:
 
     def eval(self, jaxpr, consts, args, tainted, nonneg=()) -> list:
         a = _Analysis(jaxpr, tainted, nonneg)
+        relu_out = _ReluOutputs(jaxpr, a, self.mapping)
         index = {id(e): i for i, e in enumerate(jaxpr.eqns)}
         pending = {}
 
@@ -380,9 +452,12 @@ class _LRP:
                 j, pos = a.bias_of[i]
                 (lin_piece, rule), bias = pending.pop(j), invals[1 - pos]
                 bias = -bias if eqn.primitive.name == "sub" else bias
-                return [_linear_layer(lin_piece, bias, rule, self.options)]
+                relu = rule == "gamma" and relu_out(eqn.outvars[0], a.kinds[j])
+                return [_linear_layer(lin_piece, bias, rule, self.options, relu)]
             if a.kinds.get(i) in _LINEAR:
-                return [_linear_layer(piece(i, eqn, invals), None, self.rule(a.kinds[i], eqn), self.options)]
+                rule = self.rule(a.kinds[i], eqn)
+                relu = rule == "gamma" and relu_out(eqn.outvars[0], a.kinds[i])
+                return [_linear_layer(piece(i, eqn, invals), None, rule, self.options, relu)]
             nonneg = [_nonnegative(v, a.nonneg) for v in eqn.invars]
             return self.eval_eqn(eqn, invals, a.kinds.get(i), a.taint[i], nonneg)
 
