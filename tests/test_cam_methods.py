@@ -2,6 +2,8 @@
 of exp(S_c), XGrad-CAM / LayerCAM / HiResCAM / Eigen-CAM against NumPy, Score-CAM and Ablation-CAM
 against a Python loop over channels, chunk-size independence, and the one-line errors."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,7 +13,7 @@ import pytest
 import saliency_jax
 from saliency_jax import methods
 from saliency_jax.methods.gradient_cams import PLUS_PLUS_EPS, gradcam_plus_plus_weights
-from saliency_jax.methods.score_cams import align_corners_matrix
+from saliency_jax.methods.score_cams import active_channels, align_corners_matrix, channel_scores
 from saliency_jax.models.model import Model
 from saliency_jax.models.taps import tap
 from tiny_models import tiny_model
@@ -263,3 +265,39 @@ def test_bad_cam_options_are_one_line_errors(pool_net, x, options, message):
 def test_cams_need_a_model_with_layers(x):
     with pytest.raises(ValueError, match="method 'scorecam' needs a Model with named layers"):
         saliency_jax.attribute(lambda image: jnp.sum(image) * jnp.ones(3), x, 0, method="scorecam")
+
+
+def _with_dead_channels(model, dead=(0, 3, 5)):
+    """The tiny net with the "conv" channels `dead` all zero for any input (bias -100 before the ReLU)."""
+    params = jax.tree.map(lambda v: v, model.variables["params"])
+    bias = np.asarray(params["Conv_0"]["bias"]).copy()
+    bias[list(dead)] = -100.0
+    params["Conv_0"] = {**params["Conv_0"], "bias": jnp.asarray(bias)}
+    return dataclasses.replace(model, variables={**model.variables, "params": params})
+
+
+def test_all_zero_channels_skip_their_forward_pass_with_the_same_maps(tiny, x):
+    model = _with_dead_channels(tiny)
+    acts = model.features(x)["conv"]
+    live = np.asarray(jax.vmap(active_channels)(acts))
+    assert not live[:, [0, 3, 5]].any() and live[:, [1, 2, 4, 6, 7]].all()
+    for score in ("softmax", "logit"):
+        out = _run(model, x, [0, 2, 1], "scorecam", layer="conv", score=score, chunk_size=2)
+        for i, c in enumerate([0, 2, 1]):
+            expected = _upsample(_scorecam_loop(model, x[i], c, "conv", score, False))
+            np.testing.assert_allclose(out[i], expected, rtol=1e-4, atol=1e-6)
+    # Ablation-CAM: zeroing a dead channel changes nothing (weight 0); same map for any chunk
+    full = _run(model, x, [0, 1, 2], "ablationcam", layer="conv", chunk_size=8)
+    np.testing.assert_allclose(_run(model, x, [0, 1, 2], "ablationcam", layer="conv", chunk_size=1), full,
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_channel_scores_evaluate_live_channels_and_fill_the_rest():
+    live = jnp.array([False, True, True, False, True])
+    scores = channel_scores(lambda k: 10.0 * k + 1.0, 5, chunk_size=2, live=live, fill=-7.0)
+    np.testing.assert_array_equal(scores, [-7.0, 11.0, 21.0, -7.0, 41.0])
+    calls = []
+    jax.jit(lambda: channel_scores(lambda k: jax.debug.callback(calls.append, k) or 1.0 * k, 6, chunk_size=2,
+                                   live=jnp.array([True, False, False, False, False, True]), fill=0.0))()
+    jax.effects_barrier()
+    assert len(calls) == 2  # the two live channels fill one chunk; the two dead chunks never run

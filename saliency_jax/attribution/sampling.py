@@ -16,7 +16,7 @@ from jax.extend.core import jaxpr_as_fun
 from saliency_jax import progress
 
 
-def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
+def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None, count=None):
     """sum_{i < num_samples} fn(i), evaluated chunk_size samples at a time.
 
     Args:
@@ -24,6 +24,9 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
       num_samples: static number of samples (>= 1).
       chunk_size: samples evaluated together (static); None = all at once.
         A last partial chunk is padded and the padding masked out.
+      count: optional traced int32 <= num_samples: only i < count are summed, and the
+        chunks after the last such i are not evaluated (a `lax.while_loop`; under `vmap`
+        it runs until every image's count is reached).
 
     Returns:
       The summed pytree.
@@ -42,10 +45,12 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
     chunk_fn = jaxpr_as_fun(traced)
     structure = jax.tree.structure(shapes)
 
+    limit = num_samples if count is None else jnp.minimum(count, num_samples)
+
     def body(total, k):
         chunk_ids = k * chunk + offsets  # built per chunk: no [num_samples] array
         values = jax.tree.unflatten(structure, chunk_fn(chunk_ids))
-        keep = chunk_ids < num_samples
+        keep = chunk_ids < limit
 
         def masked_sum(v):
             return jnp.sum(jnp.where(keep.reshape((-1,) + (1,) * (v.ndim - 1)), v, 0), axis=0)
@@ -56,6 +61,12 @@ def sample_sum(fn, num_samples: int, *, chunk_size: int | None = None):
         return total, None
 
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), shapes)
+    if count is not None:
+        def step(state):
+            k, total = state
+            return k + 1, body(total, k)[0]
+
+        return lax.while_loop(lambda state: state[0] * chunk < limit, step, (jnp.int32(0), zeros))[1]
     if num_chunks == 1:
         return body(zeros, jnp.int32(0))[0]
     return lax.scan(body, zeros, jnp.arange(num_chunks, dtype=jnp.int32))[0]
