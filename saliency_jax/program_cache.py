@@ -8,7 +8,8 @@ deserialised and run through `jax.jit(exported.call)` (whose compile the persist
 serves), with no tracing of the model at all.
 
 A stored program is used only when its key matches exactly: the jax, jaxlib and flax versions,
-the device kind and count, a hash of this package's source files, the call's name, the pytree
+the device kind and count, the jax settings read while tracing (`TRACE_FLAGS`: matmul precision,
+x64, promotion, the PRNG), a hash of this package's source files, the call's name, the pytree
 structure of the arguments with every static field (a method's options, the model's
 architecture and labels) and the shape and dtype of every array. Arguments whose static parts
 hold anything with a process-dependent identity (a function, an object printed with its
@@ -36,6 +37,9 @@ import jax
 from saliency_jax.checkpoints.cache import atomic_write
 
 FORMAT = "1"  # bump when the key or the stored layout changes
+# jax settings read while tracing (a program traced under one is not the program of another)
+TRACE_FLAGS = ("jax_default_matmul_precision", "jax_enable_x64", "jax_numpy_dtype_promotion",
+               "jax_numpy_rank_promotion", "jax_default_prng_impl", "jax_threefry_partitionable")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|object at |<function |<lambda>")
 _STATE: dict[str, Any] = {"folder": None}
 _LOADED: dict[str, Callable] = {}  # key -> jitted call of a stored program, this process
@@ -102,7 +106,8 @@ def program_key(name: str, treedef, leaves) -> str | None:
         aval = jax.typeof(leaf)
         avals.append(f"{aval.shape}:{aval.dtype}:{getattr(aval, 'weak_type', False)}")
     device = jax.devices()[0]
-    parts = (FORMAT, _versions(), device.platform, device.device_kind, str(jax.device_count()),
+    config = ",".join(f"{flag}={getattr(jax.config, flag, None)}" for flag in TRACE_FLAGS)
+    parts = (FORMAT, _versions(), device.platform, device.device_kind, str(jax.device_count()), config,
              source_fingerprint(), name, structure, ";".join(avals))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:40]
 
@@ -159,5 +164,5 @@ def _export(fun: Callable, treedef, leaves, path: pathlib.Path) -> Callable:
     return jax.jit(exported.call)
 
 
-__all__ = ["FORMAT", "cached_call", "disable_program_cache", "enable_program_cache", "program_cache_dir",
+__all__ = ["FORMAT", "TRACE_FLAGS", "cached_call", "disable_program_cache", "enable_program_cache", "program_cache_dir",
            "program_key", "source_fingerprint"]

@@ -63,6 +63,8 @@ def test_the_key_follows_shapes_dtypes_names_and_static_options():
     assert base != key("toy", params, x.astype(np.float16))
     assert base != key("other", params, x)
     assert key("m", methods.SmoothGrad(num_samples=8)) == key("m", methods.SmoothGrad(num_samples=8))
+    with jax.default_matmul_precision("highest"):  # traced into every dot: another program
+        assert key("toy", params, x) != base
     assert key("m", methods.SmoothGrad(num_samples=8)) != key("m", methods.SmoothGrad(num_samples=9))
 
 
