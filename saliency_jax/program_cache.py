@@ -146,9 +146,7 @@ def _storable_structure(treedef) -> bool:
 def _load(path: pathlib.Path) -> Callable | None:
     try:
         exported = jax.export.deserialize(bytearray(path.read_bytes()))
-    except FileNotFoundError:
-        return None
-    except Exception:  # a damaged or foreign entry: export again and overwrite it
+    except Exception:  # none yet, a damaged or foreign entry, or no `flatbuffers`: export again
         return None
     return jax.jit(exported.call)
 
@@ -156,7 +154,10 @@ def _load(path: pathlib.Path) -> Callable | None:
 def _export(fun: Callable, treedef, leaves, path: pathlib.Path) -> Callable:
     flat = jax.jit(lambda *flat_args: fun(*jax.tree.unflatten(treedef, flat_args)))
     exported = jax.export.export(flat)(*leaves)
-    data = exported.serialize()
+    try:
+        data = exported.serialize()
+    except ImportError:  # jax's serialisation needs `flatbuffers` (a dependency of ours, not of jax)
+        return lambda *flat_args: fun(*jax.tree.unflatten(treedef, flat_args))
     try:
         atomic_write(path, lambda f: f.write(data))
     except OSError:

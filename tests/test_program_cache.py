@@ -129,3 +129,14 @@ def test_attribute_on_a_zoo_model_goes_through_the_stored_program(cache, monkeyp
     assert len(list(cache.glob("*.jaxexport"))) == 2
     program_cache.disable_program_cache()
     np.testing.assert_allclose(logits, np.asarray(model.logits(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_without_serialisation_the_call_still_runs_and_stores_nothing(cache, monkeypatch):
+    def no_flatbuffers(self):
+        raise ImportError("Please install 'flatbuffers' in order to use Exported serialization")
+
+    monkeypatch.setattr(jax.export.Exported, "serialize", no_flatbuffers)
+    args = _toy_args()
+    out = program_cache.cached_call(_toy, *args, name="toy")
+    np.testing.assert_allclose(out["y"], _toy(*args)["y"])
+    assert not list(cache.glob("*"))
