@@ -20,7 +20,9 @@ constants in it, so a store is small (~0.2 MB) and valid for any weights of the 
 
 Off unless `enable_program_cache` was called (`compile_cache.enable_compile_cache` does, and the
 CLI calls that); an unreadable or stale entry is exported again, an unwritable folder costs
-only speed.
+only speed. Every source edit or version change makes new keys, so after each write the folder's
+entries are pruned to `MAX_BYTES` (or `$SALIENCY_JAX_PROGRAM_CACHE_MAX_MB`), least recently used
+first: a load touches its entry's mtime.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import os
 import pathlib
 import re
+import stat
 from typing import Any, Callable
 
 import jax
@@ -40,6 +44,8 @@ FORMAT = "1"  # bump when the key or the stored layout changes
 # jax settings read while tracing (a program traced under one is not the program of another)
 TRACE_FLAGS = ("jax_default_matmul_precision", "jax_enable_x64", "jax_numpy_dtype_promotion",
                "jax_numpy_rank_promotion", "jax_default_prng_impl", "jax_threefry_partitionable")
+MAX_BYTES = 256 * 2**20  # the entries kept in the folder, least recently used pruned first
+MAX_MB_VAR = "SALIENCY_JAX_PROGRAM_CACHE_MAX_MB"  # overrides MAX_BYTES when set to a number >= 0
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|object at |<function |<lambda>")
 _STATE: dict[str, Any] = {"folder": None}
 _LOADED: dict[str, Callable] = {}  # key -> jitted call of a stored program, this process
@@ -92,6 +98,58 @@ def cached_call(fun: Callable, *args, name: str, storable: bool = True):
         run = _load(folder / f"{key}.jaxexport") or _export(fun, treedef, leaves, folder / f"{key}.jaxexport")
         _LOADED[key] = run
     return run(*leaves)
+
+
+def prune_programs(folder, *, keep=None, max_bytes: int | None = None) -> list[pathlib.Path]:
+    """Deletes the least recently used (oldest mtime) `*.jaxexport` entries of `folder` until they fit.
+
+    Args:
+      folder: the program folder; only its `*.jaxexport` files are counted or deleted.
+      keep: an entry never deleted (the one just written), even when it alone exceeds the cap.
+      max_bytes: the cap; default `max_program_bytes()`.
+
+    Returns:
+      The paths deleted. Never raises: a file that cannot be read or deleted is skipped.
+    """
+    cap = max_program_bytes() if max_bytes is None else max_bytes
+    keep = None if keep is None else pathlib.Path(keep).name
+    try:
+        entries = []
+        for path in pathlib.Path(folder).glob("*.jaxexport"):
+            try:
+                info = path.stat()
+            except OSError:  # deleted since listed
+                continue
+            if stat.S_ISREG(info.st_mode):
+                entries.append((info.st_mtime, path.name, path, info.st_size))
+    except OSError:  # no folder (any more)
+        return []
+    total = sum(size for *_, size in entries)
+    removed = []
+    for _, _, path, size in sorted(entries):
+        if total <= cap:
+            break
+        if path.name == keep:
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another process pruned it first
+            pass
+        except OSError:  # unwritable: it stays, and counts
+            continue
+        else:
+            removed.append(path)
+        total -= size
+    return removed
+
+
+def max_program_bytes() -> int:
+    """The folder's cap: `$SALIENCY_JAX_PROGRAM_CACHE_MAX_MB` (MiB) when a number >= 0, else `MAX_BYTES`."""
+    try:
+        cap = int(float(os.environ[MAX_MB_VAR]) * 2**20)
+    except (KeyError, ValueError, OverflowError):  # unset, not a number, inf or nan
+        return MAX_BYTES
+    return cap if cap >= 0 else MAX_BYTES
 
 
 def program_key(name: str, treedef, leaves) -> str | None:
@@ -148,6 +206,10 @@ def _load(path: pathlib.Path) -> Callable | None:
         exported = jax.export.deserialize(bytearray(path.read_bytes()))
     except Exception:  # none yet, a damaged or foreign entry, or no `flatbuffers`: export again
         return None
+    try:
+        os.utime(path)  # used now: the last to be pruned
+    except OSError:
+        pass
     return jax.jit(exported.call)
 
 
@@ -162,8 +224,11 @@ def _export(fun: Callable, treedef, leaves, path: pathlib.Path) -> Callable:
         atomic_write(path, lambda f: f.write(data))
     except OSError:
         pass  # an unwritable folder costs only speed
+    else:
+        prune_programs(path.parent, keep=path)
     return jax.jit(exported.call)
 
 
-__all__ = ["FORMAT", "TRACE_FLAGS", "cached_call", "disable_program_cache", "enable_program_cache", "program_cache_dir",
-           "program_key", "source_fingerprint"]
+__all__ = ["FORMAT", "MAX_BYTES", "MAX_MB_VAR", "TRACE_FLAGS", "cached_call", "disable_program_cache",
+           "enable_program_cache", "max_program_bytes", "program_cache_dir", "program_key", "prune_programs",
+           "source_fingerprint"]

@@ -2,6 +2,8 @@
 
 import dataclasses
 import functools
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +142,52 @@ def test_without_serialisation_the_call_still_runs_and_stores_nothing(cache, mon
     out = program_cache.cached_call(_toy, *args, name="toy")
     np.testing.assert_allclose(out["y"], _toy(*args)["y"])
     assert not list(cache.glob("*"))
+
+
+MB = 2**20
+
+
+def _entry(folder, name, size, mtime):
+    path = folder / name
+    path.write_bytes(b"\0" * size)
+    os.utime(path, (mtime, mtime))
+    return path
+
+
+def test_writing_an_entry_prunes_the_least_recently_used_to_the_cap_and_leaves_other_files(cache, monkeypatch):
+    monkeypatch.setattr(program_cache, "MAX_BYTES", 3 * MB // 2)  # one fake entry and the real (~KB) one fit
+    oldest, newer = _entry(cache, "a.jaxexport", MB, 1000), _entry(cache, "b.jaxexport", MB, 2000)
+    foreign = [_entry(cache, "notes.txt", 4 * MB, 0), _entry(cache, "a.jaxexport.bak", MB, 0)]
+    program_cache.cached_call(_toy, *_toy_args(), name="toy")
+    assert not oldest.exists() and newer.exists() and len(list(cache.glob("*.jaxexport"))) == 2
+    assert all(path.exists() for path in foreign)  # neither counted nor deleted
+
+
+def test_a_loaded_entry_outlives_an_older_unused_one(cache, monkeypatch):
+    args = _toy_args()
+    program_cache.cached_call(_toy, *args, name="toy")
+    (used,) = cache.glob("*.jaxexport")
+    os.utime(used, (1000, 1000))  # written long ago ...
+    unused = _entry(cache, "unused.jaxexport", MB, 2000)
+    program_cache.disable_program_cache()  # ... and loaded by a new process now
+    program_cache.enable_program_cache(cache)
+    program_cache.cached_call(_toy, *args, name="toy")
+    monkeypatch.setattr(program_cache, "MAX_BYTES", MB // 2)
+    program_cache.cached_call(_toy, *args, name="toy2")  # a new entry: over the cap, prune
+    assert used.exists() and not unused.exists() and len(list(cache.glob("*.jaxexport"))) == 2
+
+
+def test_pruning_keeps_the_new_entry_and_skips_what_it_cannot_delete(tmp_path, monkeypatch):
+    entries = [_entry(tmp_path, f"{i}.jaxexport", 100, 1000 + i) for i in range(3)]
+    unlink = pathlib.Path.unlink
+
+    def read_only_first(path):
+        if path == entries[0]:
+            raise PermissionError(path)
+        unlink(path)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only_first)
+    assert program_cache.prune_programs(tmp_path, keep=entries[1], max_bytes=0) == [entries[2]]
+    assert program_cache.prune_programs(tmp_path / "gone", max_bytes=0) == []
+    monkeypatch.setenv(program_cache.MAX_MB_VAR, "0.5")
+    assert program_cache.max_program_bytes() == MB // 2
