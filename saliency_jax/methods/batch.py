@@ -12,6 +12,7 @@ traced options (a baseline, a noise scale) never recompile.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -82,33 +83,38 @@ def attribute(model_or_fn, x, targets="top1", *, method="vanilla", key=None, bas
                                 storable=is_zoo_model(model))
     else:
         run = functools.partial(attribute_batch, method, fn=fn)
-    if batch_size is None:
-        return run(model, x, targets, key, per_image)
-    leaves, treedef = jax.tree.flatten((targets, per_image))  # a unit target's channel [B], per-image fields
-
-    def run_chunk(x, *rest):
-        t, p = jax.tree.unflatten(treedef, rest)
-        return run(model, x, t, key, p)
-
-    return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
+    return _run_batched(run, model, x, targets, key, per_image, batch_size)
 
 
 def _attribute_with_progress(method, model, fn, x, targets, key, per_image, batch_size, progress):
     """`attribute`'s run under `progress` (see there): each call blocks on its result before the next."""
-    run = functools.partial(attribute_batch, method, fn=fn, progress=True)
+    def run(*args):
+        return jax.block_until_ready(attribute_batch(method, *args, fn=fn, progress=True))
+
     with progress_lib.reporter(progress, len(x), desc=method.label) as report:
-        if batch_size is None:
-            with progress_lib.forwarding(report, len(x)):
-                return jax.block_until_ready(run(model, x, targets, key, per_image))
-        leaves, treedef = jax.tree.flatten((targets, per_image))
-        starts = iter(range(0, len(x), batch_size))
+        around = functools.partial(progress_lib.forwarding, report)
+        return _run_batched(run, model, x, targets, key, per_image, batch_size, around=around)
 
-        def run_chunk(xb, *rest):
-            t, p = jax.tree.unflatten(treedef, rest)
-            with progress_lib.forwarding(report, min(batch_size, len(x) - next(starts)), padded=len(xb)):
-                return jax.block_until_ready(run(model, xb, t, key, p))
 
-        return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
+def _run_batched(run, model, x, targets, key, per_image, batch_size, around=None):
+    """`run(model, x, targets, key, per_image)` at once, or in padded chunks of exactly `batch_size` (host result).
+
+    around: `around(images, padded=n)`, a context entered around each call, with the call's
+    real images and the images it computes (the last chunk is padded).
+    """
+    around = around or (lambda images, padded: contextlib.nullcontext())
+    if batch_size is None:
+        with around(len(x), padded=len(x)):
+            return run(model, x, targets, key, per_image)
+    leaves, treedef = jax.tree.flatten((targets, per_image))  # a unit target's channel [B], per-image fields
+    starts = iter(range(0, len(x), batch_size))
+
+    def run_chunk(xb, *rest):
+        t, p = jax.tree.unflatten(treedef, rest)
+        with around(min(batch_size, len(x) - next(starts)), padded=len(xb)):
+            return run(model, xb, t, key, p)
+
+    return map_batches(run_chunk, (x, *leaves), batch_size, exact=True)
 
 
 @functools.partial(jax.jit, static_argnames=("fn", "progress"))
